@@ -1,0 +1,1 @@
+"""sieve: importance-weighted scheduled retraining of an e-commerce ranking model."""

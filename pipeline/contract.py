@@ -1,0 +1,93 @@
+"""The data contract (DATA_CONTRACT.md) in code: columns, types, the layout on disk, and readers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+IMPRESSION_SCHEMA = pa.schema([
+    ("event_id", pa.string()),
+    ("ts", pa.timestamp("us", tz="UTC")),
+    ("request_id", pa.string()),
+    ("user_id", pa.string()),
+    ("session_id", pa.string()),
+    ("surface", pa.string()),
+    ("query", pa.string()),
+    ("item_id", pa.string()),
+    ("position", pa.int64()),
+    ("clicked", pa.int64()),
+    ("purchased", pa.int64()),
+    ("propensity", pa.float64()),
+    ("price", pa.float64()),
+])
+CATALOG_SCHEMA = pa.schema([
+    ("item_id", pa.string()),
+    ("title", pa.string()),
+    ("category", pa.string()),
+    ("brand", pa.string()),
+    ("price", pa.float64()),
+])
+TRUTH_SCHEMA = pa.schema([
+    ("event_id", pa.string()),
+    ("is_noise", pa.bool_()),
+    ("noise_kind", pa.string()),
+    ("relevance", pa.float64()),
+])
+IMPRESSION_COLUMNS = IMPRESSION_SCHEMA.names
+CATALOG_COLUMNS = CATALOG_SCHEMA.names
+SURFACES = ("search", "recommend")
+EXTRA_FEATURE_PREFIX = "f_"
+
+
+class ContractError(Exception):
+    """A file cannot be read as the contract says (missing, unreadable, wrong shape)."""
+
+
+@dataclass(frozen=True)
+class DayPaths:
+    root: Path
+    day: str  # YYYY-MM-DD
+
+    @property
+    def impressions_dir(self) -> Path:
+        return self.root / "impressions" / f"dt={self.day}"
+
+    @property
+    def catalog_file(self) -> Path:
+        return self.root / "catalog" / f"dt={self.day}" / "catalog.parquet"
+
+    @property
+    def truth_file(self) -> Path:
+        return self.root / "_truth" / f"dt={self.day}" / "truth.parquet"
+
+
+def impression_parts(paths: DayPaths) -> list[Path]:
+    if not paths.impressions_dir.is_dir():
+        raise ContractError(f"{paths.impressions_dir}: no impressions folder for day {paths.day}")
+    parts = sorted(paths.impressions_dir.glob("part-*.parquet"))
+    if not parts:
+        raise ContractError(f"{paths.impressions_dir}: no part-*.parquet files for day {paths.day}")
+    return parts
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException) as exc:
+        raise ContractError(f"{path}: cannot be read as Parquet ({exc})") from exc
+
+
+def read_impressions(data_dir: str | Path, day: str) -> pd.DataFrame:
+    """All impressions of one day, parts concatenated in file order."""
+    frames = [_read_parquet(part) for part in impression_parts(DayPaths(Path(data_dir), day))]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def read_catalog(data_dir: str | Path, day: str) -> pd.DataFrame:
+    path = DayPaths(Path(data_dir), day).catalog_file
+    if not path.is_file():
+        raise ContractError(f"{path}: the catalog for day {day} is missing")
+    return _read_parquet(path)

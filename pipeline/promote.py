@@ -1,0 +1,43 @@
+"""promote stage: switch the champion pointer to the candidate, only when the gate blessed it."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline import registry
+from pipeline.atomic import atomic_dir, read_json, write_json_atomic
+from pipeline.params import load_params
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--decision", required=True, help="decision.json written by gate")
+    parser.add_argument("--day", required=True, help="YYYY-MM-DD the candidate was trained on")
+    parser.add_argument("--encoder", required=True, help="candidate encoder folder (pretrain output)")
+    parser.add_argument("--model", required=True, help="candidate ranker folder (train output)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", required=True, help="output folder: promotion.json")
+
+
+def run(decision_file, day: str, encoder_dir, model_dir, out_dir, params: dict) -> dict:
+    registry_dir = params["registry"]["dir"]
+    decision = read_json(decision_file)
+    live = registry.current(registry_dir)
+    if not decision["blessed"]:
+        outcome = {"promoted": False, "reason": f"gate: {decision['reason']}"}
+    elif live is not None and live["day"] > day:
+        # A backfilled day never replaces a champion trained on newer data.
+        outcome = {"promoted": False, "reason": f"champion {live['model_id']} was trained on a later day"}
+    else:
+        entry = registry.promote(registry_dir, day, Path(encoder_dir), Path(model_dir))
+        outcome = {"promoted": True, "model_id": entry["model_id"], "reason": "blessed by the gate"}
+    outcome["day"] = day
+    with atomic_dir(out_dir) as tmp:
+        write_json_atomic(tmp / "promotion.json", outcome)
+    print(f"promote: {day} {'promoted ' + outcome['model_id'] if outcome['promoted'] else 'not promoted'}"
+          f" ({outcome['reason']})")
+    return outcome
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args.decision, args.day, args.encoder, args.model, args.out, load_params(args.params))
+    return 0

@@ -1,0 +1,143 @@
+"""The ranker: an MLP over query and title embeddings with ESMM-style click and purchase heads.
+
+The click logit gets an additive per-position bias during training only, so the score used for
+ranking does not depend on where the logging system happened to show the item.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.features import DENSE_FEATURES, Features
+
+WEIGHTS_FILE = "ranker.safetensors"
+CONFIG_FILE = "ranker.json"
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    text_dim: int
+    hidden: int
+    max_position: int
+    dropout: float
+    dense_dim: int = len(DENSE_FEATURES)
+
+
+class Ranker(nn.Module):
+    def __init__(self, config: RankerConfig):
+        super().__init__()
+        self.config = config
+        width = 3 * config.text_dim + config.dense_dim
+        self.body = nn.Sequential(
+            nn.Linear(width, config.hidden), nn.ReLU(), nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, config.hidden), nn.ReLU(),
+        )
+        self.click_head = nn.Linear(config.hidden, 1)
+        self.conversion_head = nn.Linear(config.hidden, 1)
+        self.position_bias = nn.Embedding(config.max_position + 1, 1)
+        nn.init.zeros_(self.position_bias.weight)
+
+    def forward(self, x: Features, with_position: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(click logit, purchase-given-click logit)."""
+        h = self.body(torch.cat([x.query, x.title, x.query * x.title, x.dense], dim=1))
+        click = self.click_head(h).squeeze(1)
+        if with_position:
+            click = click + self.position_bias(x.position).squeeze(1)
+        return click, self.conversion_head(h).squeeze(1)
+
+
+def per_sample_loss(model: Ranker, x: Features) -> torch.Tensor:
+    """ESMM loss per impression: BCE(click) + BCE(click and purchase = pCTR * pCVR)."""
+    click_logit, cvr_logit = model(x, with_position=True)
+    click_loss = F.binary_cross_entropy_with_logits(click_logit, x.click, reduction="none")
+    log_p = F.logsigmoid(click_logit) + F.logsigmoid(cvr_logit)
+    log_not_p = torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-6))
+    purchase_loss = -(x.purchase * log_p + (1 - x.purchase) * log_not_p)
+    return click_loss + purchase_loss
+
+
+def new_model(text_dim: int, cfg: dict, seed: int) -> Ranker:
+    torch.manual_seed(seed)
+    return Ranker(RankerConfig(text_dim=text_dim, hidden=cfg["hidden"],
+                               max_position=cfg["max_position"], dropout=cfg["dropout"]))
+
+
+def fit(model: Ranker, x: Features, weights: np.ndarray | None, cfg: dict, seed: int, device: str,
+        epochs: int, progress=None) -> list[float]:
+    """Weighted minibatch training; returns the mean weighted loss of each epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    data = x.to(device)
+    w = torch.ones(len(x)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    w = w.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
+    history = []
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator).to(device)
+        total, seen = 0.0, 0.0
+        for start in range(0, len(order), cfg["batch_size"]):
+            index = order[start:start + cfg["batch_size"]]
+            batch_w = w[index]
+            loss = (per_sample_loss(model, data.subset(index)) * batch_w).sum() / batch_w.sum().clamp(min=1e-8)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * float(batch_w.sum())
+            seen += float(batch_w.sum())
+            if progress is not None:
+                progress.update(len(index))
+        history.append(total / max(seen, 1e-8))
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def predict(model: Ranker, x: Features, device: str, with_position: bool,
+            batch_size: int = 8192) -> dict[str, np.ndarray]:
+    """pCTR (at the logged position when with_position), pCVR, and the position-free ranking score."""
+    model.to(device).eval()
+    parts: dict[str, list[np.ndarray]] = {"p_click": [], "p_purchase": [], "score": []}
+    for start in range(0, len(x), batch_size):
+        batch = x.subset(torch.arange(start, min(start + batch_size, len(x)))).to(device)
+        click_logit, cvr_logit = model(batch, with_position=with_position)
+        free_click, _ = model(batch, with_position=False) if with_position else (click_logit, None)
+        p_click = torch.sigmoid(click_logit)
+        parts["p_click"].append(p_click.cpu().numpy())
+        parts["p_purchase"].append((p_click * torch.sigmoid(cvr_logit)).cpu().numpy())
+        # Rank by expected value without position: P(click) and P(purchase) both count.
+        free_p = torch.sigmoid(free_click)
+        parts["score"].append((free_p * (1 + torch.sigmoid(cvr_logit))).cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros(0, dtype=np.float32) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def per_sample_losses(model: Ranker, x: Features, device: str, batch_size: int = 8192) -> np.ndarray:
+    model.to(device).eval()
+    out = [per_sample_loss(model, x.subset(torch.arange(s, min(s + batch_size, len(x)))).to(device)).cpu().numpy()
+           for s in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def save(model: Ranker, directory: str | Path) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2, sort_keys=True) + "\n")
+
+
+def load(directory: str | Path) -> Ranker:
+    """Rebuild from the JSON config and safetensors weights; nothing is unpickled."""
+    directory = Path(directory)
+    config = RankerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+    model = Ranker(config)
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    return model.eval()

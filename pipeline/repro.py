@@ -1,0 +1,103 @@
+"""Run the retrain's DVC stages for one day: the command every Airflow task calls.
+
+Before `dvc repro` it writes the run's context into the workspace:
+  run/context.yaml   the day, which dvc.yaml interpolates into paths and commands
+  run/baseline.json  the champion that served before that day (what evaluate and gate compare with)
+Both are rewritten only when their content changes, so an unchanged rerun is a DVC cache hit.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+from pipeline import registry
+from pipeline.atomic import dumps_json, read_json, write_bytes_atomic
+from pipeline.params import load_params
+
+STAGES = ("validate", "pretrain", "importance", "train", "evaluate", "gate", "promote")
+# Exit code for "the day's data was rejected": retrying cannot help, unlike a crash.
+EXIT_DATA_REJECTED = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", default=".", help="the DVC repository to run in")
+    parser.add_argument("--day", required=True, help="YYYY-MM-DD: the run's data interval")
+    parser.add_argument("stages", nargs="*", choices=[[], *STAGES], metavar="stage",
+                        help=f"stages to run, in order (default: all of {', '.join(STAGES)})")
+
+
+def parse_day(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError as exc:
+        raise ValueError(f"--day {text!r} is not a YYYY-MM-DD date") from exc
+
+
+def write_if_changed(path: Path, content: str) -> None:
+    if not path.is_file() or path.read_text(encoding="utf-8") != content:
+        write_bytes_atomic(path, content.encode("utf-8"))
+
+
+def prepare(workspace: Path, day: str) -> None:
+    params = load_params(workspace / "params.yaml")
+    write_if_changed(workspace / "run" / "context.yaml", f"day: '{day}'\n")
+    registry_dir = workspace / params["registry"]["dir"]
+    write_if_changed(workspace / "run" / "baseline.json",
+                     dumps_json({"champion": registry.baseline_for(registry_dir, day)}))
+
+
+def rejection_message(workspace: Path) -> str | None:
+    """The validate stage's own verdict when it rejected the day, else None (a crash, say)."""
+    summary = workspace / "work" / "validate" / "summary.json"
+    if summary.is_file():
+        verdict = read_json(summary)
+        if not verdict.get("success", True):
+            return verdict.get("message") or "the day broke the data contract"
+    return None
+
+
+def dvc_env() -> dict:
+    env = dict(os.environ)
+    # Stage commands say `python`: make it this interpreter, whatever PATH the caller had.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("GX_ANALYTICS_ENABLED", "false")
+    return env
+
+
+def run_stage(workspace: Path, stage: str) -> int:
+    if stage == "validate":
+        # A stale verdict must not be mistaken for today's.
+        (workspace / "work" / "validate" / "summary.json").unlink(missing_ok=True)
+    result = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+                            cwd=workspace, env=dvc_env())
+    if result.returncode == 0:
+        return 0
+    if stage == "validate" and (message := rejection_message(workspace)) is not None:
+        print(f"repro: validate rejected the day: {message}", file=sys.stderr)
+        return EXIT_DATA_REJECTED
+    print(f"repro: stage {stage} failed (dvc exit {result.returncode})", file=sys.stderr)
+    return 1
+
+
+def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = STAGES) -> int:
+    workspace = Path(workspace).resolve()
+    if not (workspace / ".dvc").is_dir() or not (workspace / "dvc.yaml").is_file():
+        print(f"repro: {workspace} is not a DVC repository with a dvc.yaml", file=sys.stderr)
+        return 2
+    day = parse_day(day)
+    prepare(workspace, day)
+    for stage in stages or STAGES:
+        code = run_stage(workspace, stage)
+        if code:
+            return code
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return run(args.workspace, args.day, args.stages)

@@ -1,0 +1,52 @@
+"""Where a run's outputs are, and what the gate decided: the last thing `make demo` prints."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pipeline import registry
+from pipeline.params import load_params
+
+OUTPUTS = (
+    ("data-quality report (GX Data Docs)", "work/validate/data_docs/index.html"),
+    ("data-quality summary", "work/validate/summary.json"),
+    ("importance scores and weights", "work/importance/scores.parquet"),
+    ("importance summary", "work/importance/metrics.json"),
+    ("encoder refresh metrics", "work/pretrain/metrics.json"),
+    ("training metrics", "work/train/metrics.json"),
+    ("evaluation metrics", "work/evaluate/metrics.json"),
+    ("gate decision", "work/gate/decision.json"),
+    ("promotion", "work/promote/promotion.json"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", default=".", help="the DVC repository the run used")
+
+
+def run(workspace: str | Path) -> list[str]:
+    workspace = Path(workspace).resolve()
+    lines = []
+    for label, relative in OUTPUTS:
+        path = workspace / relative
+        lines.append(f"  {label:36s} {path}" + ("" if path.exists() else "  (missing)"))
+    metrics_file = workspace / "work/evaluate/metrics.json"
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        lines.append(f"  candidate metrics: {metrics['candidate']}")
+        if metrics.get("champion"):
+            lines.append(f"  champion metrics:  {metrics['champion']} ({metrics['champion_id']})")
+    decision_file = workspace / "work/gate/decision.json"
+    if decision_file.is_file():
+        decision = json.loads(decision_file.read_text())
+        lines.append(f"  gate: {decision['decision']}: {decision['reason']}")
+    champion = registry.current(workspace / load_params(workspace / "params.yaml")["registry"]["dir"])
+    lines.append(f"  champion: {champion['model_id'] + ' (trained on ' + champion['day'] + ')' if champion else 'none'}")
+    return lines
+
+
+def main(args: argparse.Namespace) -> int:
+    print("sieve run outputs:")
+    print("\n".join(run(args.workspace)))
+    return 0

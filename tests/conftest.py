@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny params, and real DVC workspaces (git + dvc init) in temp folders."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Before anything imports Airflow: its home (and SQLite database) lives in a temp folder.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="sieve-airflow-")
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.update({
+    "AIRFLOW_HOME": _AIRFLOW_HOME,
+    "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+})
+
+DAY = "2026-11-01"
+NEXT_DAY = "2026-11-02"
+TINY_IMPRESSIONS = 3000
+
+
+def tiny_params() -> dict:
+    """The project's params with the test-size knobs: tiny BERT, a few steps, a few thousand rows."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["simulate"]["impressions_per_day"] = TINY_IMPRESSIONS
+    params["pretrain"].update(base_model="tiny-bert", max_steps=4, batch_size=8, embed_batch_size=128)
+    params["ranker"]["hidden"] = 32
+    params["importance"].update(folds=2, epochs=1)
+    params["train"]["epochs"] = 2
+    # Tiny days give noisy metrics: the test gate only refuses clear regressions.
+    params["gate"]["checks"] = {
+        "auc_click": {"direction": "higher", "min_value": 0.5, "max_regression": 0.05},
+        "logloss_click": {"direction": "lower", "max_value": 1.0, "max_regression": 0.05},
+    }
+    return params
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_workspace(path: Path, params: dict | None = None) -> Path:
+    """A fresh DVC repository holding the project's dvc.yaml, params and pipeline code."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
+    shutil.copytree(ROOT / "pipeline", path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    (path / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
+    run(["git", "init", "-q"], path)
+    run([sys.executable, "-m", "dvc", "init", "-q"], path)
+    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], path)
+    return path
+
+
+def simulate(workspace: Path, day: str, days: int = 1) -> None:
+    run([sys.executable, "-m", "pipeline", "simulate", "--start", day, "--days", str(days),
+         "--params", "params.yaml", "--out", "data/raw"], workspace)
+
+
+def repro(workspace: Path, day: str, *stages: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "pipeline", "repro", "--workspace", str(workspace), "--day", day,
+                *stages], workspace, check=check)
+
+
+@pytest.fixture(scope="session")
+def completed_run(tmp_path_factory) -> Path:
+    """One workspace where the whole retrain ran once, through DVC, on a tiny simulated day."""
+    workspace = make_workspace(tmp_path_factory.mktemp("completed") / "ws")
+    simulate(workspace, DAY, days=2)
+    repro(workspace, DAY)
+    return workspace
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    return make_workspace(tmp_path / "ws")
