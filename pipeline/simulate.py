@@ -365,12 +365,29 @@ def _make_queries(rng: np.random.Generator, world: World, targets: np.ndarray, s
     return queries, names_brand, names_colour, names_material
 
 
+def plackett_luce(rng: np.random.Generator, util: np.ndarray, valid: np.ndarray, beta: float,
+                   top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rank each row by Plackett-Luce with weights exp(util / beta), via Gumbel-perturbed utilities.
+
+    Returns the column indices of the first `top` places per row, and for each place the probability
+    of drawing that item given the items placed above it. Invalid entries are never placed.
+    """
+    perturbed = np.where(valid, util + beta * rng.gumbel(size=util.shape), -np.inf)
+    rank = np.argsort(-perturbed, axis=1, kind="stable")
+    r_util = np.where(np.take_along_axis(valid, rank, 1), np.take_along_axis(util, rank, 1) / beta, -np.inf)
+    log_rest = np.logaddexp.accumulate(r_util[:, ::-1], axis=1)[:, ::-1]  # log-sum over items not yet placed
+    with np.errstate(invalid="ignore"):  # -inf - -inf past the valid entries; never shown
+        prop = np.exp(r_util[:, :top] - log_rest[:, :top])
+    return rank[:, :top], np.clip(np.nan_to_num(prop), np.finfo(float).tiny, 1.0)
+
+
 def simulate_day(day: str, world: World, params: dict) -> tuple[pa.Table, pa.Table, dict]:
     """One day's impressions and truth tables, and a few counts."""
     sim = params["simulate"]
     rng = np.random.default_rng(stage_seed(params, f"simulate:{day}"))
     tag = day.replace("-", "")
     day_date = dt.date.fromisoformat(day)
+    day_start_us = (day_date - dt.date(1970, 1, 1)).days * DAY_US
     target_rows = int(sim["impressions_per_day"])
     if target_rows < 1:
         raise ValueError(f"simulate.impressions_per_day must be positive, got {target_rows}")
@@ -394,11 +411,14 @@ def simulate_day(day: str, world: World, params: dict) -> tuple[pa.Table, pa.Tab
     n_req = int(reqs.sum())
     lengths = lengths[:n_req]
 
+    amplitude = float(sim["diurnal_amplitude"])
+    if not 0 <= amplitude < 1:
+        raise ValueError(f"simulate.diurnal_amplitude must be in [0, 1), got {amplitude}")
     hours = np.arange(24)
-    hour_w = 1.0 + float(sim["diurnal_amplitude"]) * np.cos(
+    hour_w = 1.0 + amplitude * np.cos(
         2 * np.pi * (hours + 0.5 - float(sim["diurnal_peak_hour"])) / 24)
     hour = rng.choice(24, n_sessions, p=hour_w / hour_w.sum())
-    start_us = np.sort(((hour + rng.random(n_sessions)) * 3600e6).astype(np.int64))  # session ids in time order
+    start_us = ((hour + rng.random(n_sessions)) * 3600e6).astype(np.int64)
     session_user = rng.choice(len(world.user_ids), n_sessions, p=world.user_activity)
     dev_mix = sim["device_mix"]
     dev_p = np.array([float(dev_mix[d]) for d in DEVICES])
@@ -411,7 +431,13 @@ def simulate_day(day: str, world: World, params: dict) -> tuple[pa.Table, pa.Tab
     gap[first] = 0.0
     elapsed = np.cumsum(gap)
     elapsed -= np.repeat(elapsed[first], reqs)
-    ts_us = np.minimum(start_us[req_session] + elapsed.astype(np.int64), DAY_US - 1)
+    elapsed = elapsed.astype(np.int64)
+    span = np.maximum.reduceat(elapsed, first)
+    # A session that would run past midnight starts earlier by its span, so it ends where it began.
+    start_us = np.maximum(np.where(start_us + span < DAY_US, start_us, start_us - span), 0)
+    session_rank = np.empty(n_sessions, np.int64)
+    session_rank[np.argsort(start_us, kind="stable")] = np.arange(n_sessions)  # session ids follow time
+    ts_us = np.minimum(start_us[req_session] + elapsed, DAY_US - 1)
     order = np.argsort(ts_us, kind="stable")  # request ids follow time
     ts_us, req_session, lengths = ts_us[order], req_session[order], lengths[order]
     req_user = session_user[req_session]
@@ -483,18 +509,12 @@ def simulate_day(day: str, world: World, params: dict) -> tuple[pa.Table, pa.Tab
     w_total = sum(float(rw[k]) for k in comps)
     relevance = np.clip(sum(float(rw[k]) * v for k, v in comps.items()) / w_total, 0.0, 1.0)
 
-    # Logging ranker: Plackett-Luce over the candidates, sampled by Gumbel-perturbed utilities.
-    util = float(sim["ranker_score_scale"]) * relevance
-    perturbed = np.where(valid, util + beta * rng.gumbel(size=util.shape), -np.inf)
-    rank = np.argsort(-perturbed, axis=1, kind="stable")
-    r_util = np.where(np.take_along_axis(valid, rank, 1), np.take_along_axis(util, rank, 1) / beta, -np.inf)
-    log_rest = np.logaddexp.accumulate(r_util[:, ::-1], axis=1)[:, ::-1]  # log sum over items not yet placed
-    cols = np.arange(l_hi)
-    shown = cols[None, :] < lengths[:, None]
+    rank, rank_prop = plackett_luce(rng, float(sim["ranker_score_scale"]) * relevance, valid, beta, l_hi)
+    shown = np.arange(l_hi)[None, :] < lengths[:, None]
     req_of_row, col_of_row = np.nonzero(shown)
-    item_of_row = np.take_along_axis(cand, rank[:, :l_hi], 1)[shown]
-    rel_of_row = np.take_along_axis(relevance, rank[:, :l_hi], 1)[shown]
-    propensity = np.clip(np.exp((r_util[:, :l_hi] - log_rest[:, :l_hi])[shown]), np.finfo(float).tiny, 1.0)
+    item_of_row = np.take_along_axis(cand, rank, 1)[shown]
+    rel_of_row = np.take_along_axis(relevance, rank, 1)[shown]
+    propensity = rank_prop[shown]
     position = col_of_row + 1
     n_rows = len(item_of_row)
 
@@ -521,10 +541,10 @@ def simulate_day(day: str, world: World, params: dict) -> tuple[pa.Table, pa.Tab
     event_ids = np.array([f"e{tag}-{k:07d}" for k in range(1, n_rows + 1)], dtype=object)
     impressions = pa.Table.from_pandas(pd.DataFrame({
         "event_id": event_ids,
-        "ts": pd.to_datetime(ts_us[req_of_row], unit="us", utc=True),
+        "ts": pd.to_datetime(day_start_us + ts_us[req_of_row], unit="us", utc=True),
         "request_id": _ids(f"r{tag}-", n_req, 6)[req_of_row],
         "user_id": world.user_ids[row_user],
-        "session_id": _ids(f"s{tag}-", n_sessions, 6)[row_session],
+        "session_id": _ids(f"s{tag}-", n_sessions, 6)[session_rank[row_session]],
         "surface": np.where(is_search, "search", "recommend").astype(object)[req_of_row],
         "query": req_query[req_of_row],
         "item_id": world.item_ids[item_of_row],

@@ -87,3 +87,10 @@ def completed_run(tmp_path_factory) -> Path:
 @pytest.fixture
 def workspace(tmp_path) -> Path:
     return make_workspace(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """Airflow's SQLite metadata database, migrated once per test session."""
+    run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], ROOT)
+    return _AIRFLOW_HOME

@@ -1,0 +1,98 @@
+"""End-to-end: the sieve_retrain DAG run by Airflow (dag.test on SQLite) over real DVC stages."""
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import DAY, ROOT, make_workspace, simulate
+from pipeline import registry
+from pipeline.contract import DayPaths, impression_parts
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("sieve_retrain")
+
+
+def run_dag(dag, monkeypatch, workspace: Path, day: str):
+    """One DAG run whose data interval is `day` (a run at midnight after it)."""
+    monkeypatch.setenv("SIEVE_WORKSPACE", str(workspace))
+    logical = datetime.fromisoformat(day).replace(tzinfo=timezone.utc) + timedelta(days=1)
+    dag_run = dag.test(logical_date=logical)
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    return dag_run.state, states
+
+
+def task_log(airflow_home: str, task_id: str) -> str:
+    logs = sorted(Path(airflow_home, "logs").rglob(f"task_id={task_id}/*.log"), key=lambda p: p.stat().st_mtime)
+    return logs[-1].read_text() if logs else ""
+
+
+def test_good_day_runs_every_stage_and_promotes(dag, monkeypatch, tmp_path):
+    workspace = make_workspace(tmp_path / "ws")
+    simulate(workspace, DAY)
+    state, states = run_dag(dag, monkeypatch, workspace, DAY)
+    assert state == "success", states
+    assert set(states.values()) == {"success"}
+    metrics = json.loads((workspace / "work/evaluate/metrics.json").read_text())
+    assert metrics["day"] == DAY and metrics["champion"] is None
+    assert 0.0 <= metrics["candidate"]["auc_click"] <= 1.0
+    decision = json.loads((workspace / "work/gate/decision.json").read_text())
+    assert decision["decision"] == "BLESSED" and decision["without_baseline"]
+    champion = registry.current(workspace / "registry")
+    assert champion["day"] == DAY
+    assert (registry.model_dir(workspace / "registry", champion) / "ranker" / "ranker.safetensors").is_file()
+
+
+def break_missing_column(paths: DayPaths) -> None:
+    part = impression_parts(paths)[0]
+    pq.write_table(pq.read_table(part).drop(["clicked"]), part)
+
+
+def break_duplicate_event_id(paths: DayPaths) -> None:
+    part = impression_parts(paths)[0]
+    table = pq.read_table(part)
+    frame = table.to_pandas()
+    frame.loc[1, "event_id"] = frame.loc[0, "event_id"]
+    pq.write_table(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), part)
+
+
+@pytest.mark.parametrize("breaker, expected", [
+    (break_missing_column, ["clicked"]),
+    (break_duplicate_event_id, ["event_id", "unique"]),
+])
+def test_bad_day_stops_at_validation_and_keeps_the_champion(dag, monkeypatch, tmp_path, airflow_db,
+                                                            breaker, expected):
+    workspace = make_workspace(tmp_path / "ws")
+    simulate(workspace, DAY)
+    breaker(DayPaths(workspace / "data/raw", DAY))
+    # A champion from an earlier day, so there is something to keep untouched.
+    encoder, ranker_dir = tmp_path / "old/encoder", tmp_path / "old/ranker"
+    encoder.mkdir(parents=True)
+    ranker_dir.mkdir(parents=True)
+    (encoder / "config.json").write_text("{}")
+    registry.promote(workspace / "registry", "2026-10-31", encoder, ranker_dir)
+    pointer = workspace / "registry/champion.json"
+    before = pointer.read_bytes()
+
+    state, states = run_dag(dag, monkeypatch, workspace, DAY)
+
+    assert state == "failed"
+    assert states["validate"] == "failed"
+    assert all(states[t] == "upstream_failed" for t in ("pretrain", "importance", "train", "evaluate",
+                                                         "gate", "promote"))
+    assert pointer.read_bytes() == before
+    assert not (workspace / "work/pretrain").exists()
+    log = task_log(airflow_db, "validate")
+    assert "validate rejected the day" in log
+    for word in expected:
+        assert word in log
+    summary = json.loads((workspace / "work/validate/summary.json").read_text())
+    assert summary["success"] is False

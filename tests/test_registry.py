@@ -1,0 +1,65 @@
+"""The champion registry and the promote stage: atomic pointer, history, baselines by day."""
+import json
+
+import pytest
+
+from pipeline import promote, registry
+
+
+@pytest.fixture
+def candidate(tmp_path):
+    encoder, ranker = tmp_path / "cand" / "encoder", tmp_path / "cand" / "model"
+    encoder.mkdir(parents=True)
+    ranker.mkdir(parents=True)
+    (encoder / "config.json").write_text("{}")
+    (ranker / "ranker.json").write_text("{}")
+    return encoder, ranker
+
+
+def decision_file(tmp_path, blessed: bool):
+    path = tmp_path / "decision.json"
+    path.write_text(json.dumps({"blessed": blessed, "reason": "test"}))
+    return path
+
+
+def params(tmp_path):
+    return {"registry": {"dir": str(tmp_path / "registry")}}
+
+
+def test_not_blessed_leaves_the_registry_untouched(tmp_path, candidate):
+    registry.promote(tmp_path / "registry", "2026-10-31", *candidate)
+    before = (tmp_path / "registry" / "champion.json").read_bytes()
+    outcome = promote.run(decision_file(tmp_path, False), "2026-11-01", *candidate, tmp_path / "out", params(tmp_path))
+    assert outcome["promoted"] is False
+    assert (tmp_path / "registry" / "champion.json").read_bytes() == before
+    assert len(registry.history(tmp_path / "registry")) == 1
+
+
+def test_blessed_candidate_becomes_champion(tmp_path, candidate):
+    outcome = promote.run(decision_file(tmp_path, True), "2026-11-01", *candidate, tmp_path / "out", params(tmp_path))
+    champion = registry.current(tmp_path / "registry")
+    assert outcome["promoted"] and champion["model_id"] == outcome["model_id"]
+    folder = registry.model_dir(tmp_path / "registry", champion)
+    assert (folder / "encoder" / "config.json").is_file() and (folder / "ranker" / "ranker.json").is_file()
+    assert json.loads((tmp_path / "out" / "promotion.json").read_text())["model_id"] == champion["model_id"]
+    assert not list((tmp_path / "registry").glob(".champion.json.*")), "temp file left behind"
+
+
+def test_backfilled_day_does_not_replace_a_newer_champion(tmp_path, candidate):
+    registry.promote(tmp_path / "registry", "2026-11-05", *candidate)
+    outcome = promote.run(decision_file(tmp_path, True), "2026-11-01", *candidate, tmp_path / "out", params(tmp_path))
+    assert not outcome["promoted"] and "later day" in outcome["reason"]
+    assert registry.current(tmp_path / "registry")["day"] == "2026-11-05"
+
+
+def test_baseline_is_the_champion_before_the_day(tmp_path, candidate):
+    reg = tmp_path / "registry"
+    assert registry.baseline_for(reg, "2026-11-01") is None
+    first = registry.promote(reg, "2026-11-01", *candidate)
+    (candidate[1] / "ranker.json").write_text('{"changed": 1}')
+    second = registry.promote(reg, "2026-11-02", *candidate)
+    assert first["model_id"] != second["model_id"]
+    assert registry.baseline_for(reg, "2026-11-01") is None          # a rerun of day 1 sees no champion
+    assert registry.baseline_for(reg, "2026-11-02")["model_id"] == first["model_id"]
+    assert registry.baseline_for(reg, "2026-11-03")["model_id"] == second["model_id"]
+    assert "promoted_at" not in registry.baseline_for(reg, "2026-11-03")  # stable across reruns
