@@ -34,6 +34,12 @@ def score_rows(predictions: dict, impressions, k: int) -> dict:
     return {name: (round(v, 6) if v is not None else None) for name, v in values.items()}
 
 
+def logged_order_ndcg(impressions, k: int) -> float | None:
+    gains = 2.0 ** (impressions["clicked"] + impressions["purchased"]).to_numpy() - 1.0
+    value = m.ndcg_at_k(impressions["request_id"].to_numpy(), gains, -impressions["position"].to_numpy(), k)
+    return None if value is None else round(value, 6)
+
+
 def champion_predictions(champion: dict, registry_dir: str, holdout, params: dict, device: str) -> dict:
     """Embed the slice's texts with the champion's own encoder, then score with its ranker."""
     from pipeline import encoder as enc
@@ -66,7 +72,9 @@ def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, p
     champion = read_json(baseline_file)["champion"]
     result = {"day": day, "rows": int(len(impressions)), "requests": int(impressions["request_id"].nunique()),
               "candidate": score_rows(candidate, impressions, cfg["ndcg_k"]),
-              "champion": None, "champion_id": None}
+              "champion": None, "champion_id": None,
+              # The logged order, for reference; position bias flatters it on logged clicks.
+              "logging_policy": {f"ndcg_at_{cfg['ndcg_k']}": logged_order_ndcg(impressions, cfg["ndcg_k"])}}
     if champion is not None:
         holdout = DayData(impressions, data.catalog, None, np.ones(len(impressions), bool))
         predictions = champion_predictions(champion, params["registry"]["dir"], holdout, params, device)

@@ -53,20 +53,39 @@ class Ranker(nn.Module):
         return click, self.conversion_head(h).squeeze(1)
 
 
-def per_sample_loss(model: Ranker, x: Features) -> torch.Tensor:
-    """ESMM loss per impression: BCE(click) + BCE(click and purchase = pCTR * pCVR)."""
+def loss_terms(model: Ranker, x: Features) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per impression: BCE(click), and BCE(click and purchase) with P = pCTR * pCVR (ESMM)."""
     click_logit, cvr_logit = model(x, with_position=True)
     click_loss = F.binary_cross_entropy_with_logits(click_logit, x.click, reduction="none")
     log_p = F.logsigmoid(click_logit) + F.logsigmoid(cvr_logit)
     log_not_p = torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-6))
     purchase_loss = -(x.purchase * log_p + (1 - x.purchase) * log_not_p)
+    return click_loss, purchase_loss
+
+
+def per_sample_loss(model: Ranker, x: Features) -> torch.Tensor:
+    click_loss, purchase_loss = loss_terms(model, x)
     return click_loss + purchase_loss
 
 
-def new_model(text_dim: int, cfg: dict, seed: int) -> Ranker:
+def new_model(text_dim: int, cfg: dict, seed: int, data: Features | None = None) -> Ranker:
+    """A fresh ranker; with `data`, the position biases start from the logged click rate by position."""
     torch.manual_seed(seed)
-    return Ranker(RankerConfig(text_dim=text_dim, hidden=cfg["hidden"],
-                               max_position=cfg["max_position"], dropout=cfg["dropout"]))
+    model = Ranker(RankerConfig(text_dim=text_dim, hidden=cfg["hidden"],
+                                max_position=cfg["max_position"], dropout=cfg["dropout"]))
+    if data is not None and len(data):
+        model.position_bias.weight.data[:, 0] = position_log_odds(data, cfg["max_position"])
+    return model
+
+
+def position_log_odds(x: Features, max_position: int, prior_rows: float = 20.0) -> torch.Tensor:
+    """Log-odds of the click rate at each position minus the overall one, shrunk toward 0 for
+    positions with few rows. A few epochs cannot learn the bias from zero; this start can."""
+    counts = torch.bincount(x.position, minlength=max_position + 1).float()
+    clicks = torch.bincount(x.position, weights=x.click, minlength=max_position + 1).float()
+    overall = clicks.sum() / counts.sum().clamp(min=1)
+    rate = (clicks + prior_rows * overall) / (counts + prior_rows)
+    return torch.logit(rate.clamp(1e-4, 1 - 1e-4)) - torch.logit(overall.clamp(1e-4, 1 - 1e-4))
 
 
 def fit(model: Ranker, x: Features, weights: np.ndarray | None, cfg: dict, seed: int, device: str,
@@ -119,9 +138,10 @@ def predict(model: Ranker, x: Features, device: str, with_position: bool,
 
 
 @torch.no_grad()
-def per_sample_losses(model: Ranker, x: Features, device: str, batch_size: int = 8192) -> np.ndarray:
+def click_losses(model: Ranker, x: Features, device: str, batch_size: int = 8192) -> np.ndarray:
+    """Per-impression click BCE at the logged position: how surprising the logged click (or its absence) is."""
     model.to(device).eval()
-    out = [per_sample_loss(model, x.subset(torch.arange(s, min(s + batch_size, len(x)))).to(device)).cpu().numpy()
+    out = [loss_terms(model, x.subset(torch.arange(s, min(s + batch_size, len(x)))).to(device))[0].cpu().numpy()
            for s in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 

@@ -41,10 +41,11 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict)
     data = load_day(data_dir, day, embeddings_dir, params)
     rows = data.train_index
     weights = aligned_weights(data.impressions["event_id"].iloc[rows].reset_index(drop=True), weights_file)
-    model = ranker.new_model(data.x.query.shape[1], params["ranker"], seed)
+    train_x = data.x.subset(rows)
+    model = ranker.new_model(data.x.query.shape[1], params["ranker"], seed, train_x)
     started = time.perf_counter()
     with tqdm(total=len(rows) * cfg["epochs"], desc="train", unit="row", unit_scale=True) as bar:
-        history = ranker.fit(model, data.x.subset(rows), weights, cfg, seed, device, cfg["epochs"], progress=bar)
+        history = ranker.fit(model, train_x, weights, cfg, seed, device, cfg["epochs"], progress=bar)
     seconds = time.perf_counter() - started
     metrics = {"device": device, "epochs": len(history), "train_rows": int(len(rows)),
                "final_weighted_loss": round(history[-1], 6), "seconds": round(seconds, 2)}

@@ -1,5 +1,8 @@
 """Out-of-fold loss: k-fold cross-fitting of the ranker; an impression its peers cannot explain
-(high loss on a model that never saw it) is likely noise, so its score is minus that loss."""
+(high click loss on a model that never saw it) is likely noise, so its score is minus that loss.
+
+The click term alone is used: purchases are rare and always follow a genuine click, so adding the
+purchase loss would mark the most valuable clicks as the most suspicious."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,11 +32,12 @@ def score(ctx: Context) -> pd.DataFrame:
     holdout_sum = np.zeros(len(day.holdout_index), dtype=np.float64)
     for fold in range(k):
         fit_rows, score_rows = train[folds != fold], train[folds == fold]
-        model = ranker.new_model(day.x.query.shape[1], ctx.params["ranker"], ctx.seed + fold)
-        ranker.fit(model, day.x.subset(fit_rows), None, ctx.params["train"], ctx.seed + fold,
+        fit_x = day.x.subset(fit_rows)
+        model = ranker.new_model(day.x.query.shape[1], ctx.params["ranker"], ctx.seed + fold, fit_x)
+        ranker.fit(model, fit_x, None, ctx.params["train"], ctx.seed + fold,
                    ctx.device, epochs=int(cfg["epochs"]))
-        loss[score_rows] = ranker.per_sample_losses(model, day.x.subset(score_rows), ctx.device)
+        loss[score_rows] = ranker.click_losses(model, day.x.subset(score_rows), ctx.device)
         # The held-out slice is out-of-sample for every fold model: average them.
-        holdout_sum += ranker.per_sample_losses(model, day.x.subset(day.holdout_index), ctx.device)
+        holdout_sum += ranker.click_losses(model, day.x.subset(day.holdout_index), ctx.device)
     loss[day.holdout_index] = holdout_sum / k
     return pd.DataFrame({"event_id": day.impressions["event_id"].to_numpy(), "score": -loss})

@@ -56,7 +56,8 @@ def run(data_dir: str | Path, day: str, embeddings_dir: str | Path, out_dir: str
         missing = table.loc[table["score"].isna(), "event_id"]
         raise RuntimeError(f"estimator {estimator.name!r} left {len(missing)} events unscored, "
                            f"e.g. {missing.iloc[0]}")
-    table["weight"] = to_weights(table["score"].to_numpy(), cfg["temperature"], tuple(cfg["clip"]))
+    groups = data.impressions[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
+    table["weight"] = to_weights(table["score"].to_numpy(), cfg["temperature"], tuple(cfg["clip"]), groups)
     table["split"] = np.where(data.holdout, "holdout", "train")
     metrics = summarise(table, estimator.name, estimator.cost_class, seconds)
     with atomic_dir(out_dir) as tmp:
