@@ -56,7 +56,8 @@ def rejection_message(workspace: Path) -> str | None:
     if summary.is_file():
         verdict = read_json(summary)
         if not verdict.get("success", True):
-            return verdict.get("message") or "the day broke the data contract"
+            reasons = verdict.get("failures") or [verdict.get("error") or "the day broke the data contract"]
+            return "; ".join(reasons)
     return None
 
 

@@ -55,9 +55,13 @@ def test_importance_scores_and_weights_every_event(completed_run):
     assert scores["weight"].mean() == pytest.approx(1.0, abs=1e-6)
     assert scores["score"].std() > 0
     assert set(scores["split"]) == {"train", "holdout"}
-    # Higher score, higher weight: the transform is monotone.
-    ordered = scores.sort_values("score")["weight"].to_numpy()
-    assert (np.diff(ordered) >= -1e-12).all()
+    # Within a label (importance.balance_by), a higher score never gets a lower weight, and each
+    # label keeps mean weight 1 so the reweighting does not shift the click rate.
+    labelled = scores.merge(impressions[["event_id", "clicked"]], on="event_id")
+    for _, group in labelled.groupby("clicked"):
+        assert group["weight"].mean() == pytest.approx(1.0, abs=1e-6)
+        ordered = group.sort_values("score")["weight"].to_numpy()
+        assert (np.diff(ordered) >= -1e-12).all()
 
 
 def test_train_saved_safetensors_that_predict(completed_run):
