@@ -1,6 +1,7 @@
 """Shared fixtures: tiny params, and real DVC workspaces (git + dvc init) in temp folders."""
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import yaml
 
 # Before anything imports Airflow: its home (and SQLite database) lives in a temp folder.
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="sieve-airflow-")
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.update({
     "AIRFLOW_HOME": _AIRFLOW_HOME,
