@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DAY ?= 2026-11-01
+# A run processes its data interval, the day before its logical date: run at midnight after DEMO_DAY.
+RUN_DATE = $(shell date -u -d "$(DEMO_DAY) + 1 day" +%Y-%m-%d)
 
 # Offline and quiet: models load from local folders, no tool phones home.
 export HF_HUB_OFFLINE := 1
@@ -37,7 +39,7 @@ $(STAMP): requirements.lock requirements-model.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m pipeline simulate --start $(DEMO_DAY) --days 1 --out data/raw
 	$(AIRFLOW_ENV) $(BIN)/airflow db migrate > .airflow-migrate.log 2>&1 || { cat .airflow-migrate.log; exit 1; }
-	$(AIRFLOW_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/airflow dags test sieve_retrain $(DEMO_DAY)
+	$(AIRFLOW_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/airflow dags test sieve_retrain $(RUN_DATE)
 	$(BIN)/python -m pipeline summary --workspace .
 
 test: $(STAMP)

@@ -48,7 +48,7 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict)
         history = ranker.fit(model, train_x, weights, cfg, seed, device, cfg["epochs"], progress=bar)
     seconds = time.perf_counter() - started
     metrics = {"device": device, "epochs": len(history), "train_rows": int(len(rows)),
-               "final_weighted_loss": round(history[-1], 6), "seconds": round(seconds, 2)}
+               "final_weighted_loss": round(history[-1], 6)}
     with atomic_dir(out_dir) as tmp:
         ranker.save(model, tmp / "model")
         pd.DataFrame({"epoch": range(1, len(history) + 1), "weighted_loss": history}).to_csv(

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder: scores.parquet, metrics.json")
 
 
-def summarise(table: pd.DataFrame, estimator: str, cost_class: str, seconds: float) -> dict:
+def summarise(table: pd.DataFrame, estimator: str, cost_class: str) -> dict:
+    """Deterministic facts only (no timings), so a rerun writes byte-identical metrics."""
     w = table["weight"].to_numpy()
     q = np.quantile(w, [0.01, 0.1, 0.5, 0.9, 0.99]) if len(w) else [None] * 5
     return {
@@ -32,7 +33,6 @@ def summarise(table: pd.DataFrame, estimator: str, cost_class: str, seconds: flo
         "events": int(len(table)),
         "weight_mean": round(float(w.mean()), 6) if len(w) else None,
         "weight_quantiles": dict(zip(["p01", "p10", "p50", "p90", "p99"], [round(float(v), 6) for v in q])),
-        "seconds": round(seconds, 2),
     }
 
 
@@ -59,7 +59,7 @@ def run(data_dir: str | Path, day: str, embeddings_dir: str | Path, out_dir: str
     groups = data.impressions[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
     table["weight"] = to_weights(table["score"].to_numpy(), cfg["temperature"], tuple(cfg["clip"]), groups)
     table["split"] = np.where(data.holdout, "holdout", "train")
-    metrics = summarise(table, estimator.name, estimator.cost_class, seconds)
+    metrics = summarise(table, estimator.name, estimator.cost_class)
     with atomic_dir(out_dir) as tmp:
         table.to_parquet(tmp / SCORES_FILE, index=False)
         write_json_atomic(tmp / "metrics.json", metrics)

@@ -1,0 +1,581 @@
+"""The validate stage: check one day of logs against DATA_CONTRACT.md with Great Expectations.
+
+`python -m pipeline validate --data DIR --day YYYY-MM-DD --out REPORT_DIR [--params params.yaml]`
+
+Exit 0: the day keeps the contract (or breaks row-level rules on no more than `validate.max_bad_fraction`
+of its rows). Exit 1: it breaks a rule. Exit 2: a file cannot be read. The report folder (data_docs/,
+summary.json, metrics.json, quarantine.parquet, quarantine_catalog.parquet) is written in every case but
+the last, where only summary.json with the error is written, so no stale report is left behind.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import datetime as dt  # noqa: E402
+import io  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import yaml  # noqa: E402
+
+import great_expectations as gx  # noqa: E402
+from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
+from great_expectations.core.run_identifier import RunIdentifier  # noqa: E402
+from great_expectations.data_context.types.base import (  # noqa: E402
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+from pipeline.atomic import atomic_dir, dumps_json  # noqa: E402
+from pipeline.contract import (  # noqa: E402
+    EXTRA_FEATURE_PREFIX,
+    ContractError,
+    DayPaths,
+    impression_parts,
+    read_catalog,
+    read_impressions,
+)
+from pipeline.params import load_params  # noqa: E402
+from pipeline.validate_rules import (  # noqa: E402
+    CATALOG,
+    COLUMN,
+    CONTRACT_KINDS,
+    DEFAULT_USER_ID_PATTERNS,
+    IMPRESSIONS,
+    IN_CATALOG,
+    ROW,
+    TABLES,
+    Rule,
+    SchemaFinding,
+    catalog_rules,
+    check_schemas,
+    impression_rules,
+    in_catalog_frame,
+)
+
+DOCS_SITE = "report"
+ID_COLUMN = {IMPRESSIONS: "event_id", CATALOG: "item_id"}
+QUARANTINE_FILE = {IMPRESSIONS: "quarantine.parquet", CATALOG: "quarantine_catalog.parquet"}
+DEFAULTS = {
+    "max_bad_fraction": 0.0,
+    "min_rows": 1,
+    "examples": 5,
+    "user_id_patterns": DEFAULT_USER_ID_PATTERNS,
+}
+# COMPLETE is the only format that returns every unexpected row's index, which the quarantine needs.
+RESULT_FORMAT = {"result_format": "COMPLETE", "partial_unexpected_count": 20,
+                 "return_unexpected_index_query": False}
+PASSED, FAILED, WARNING, SKIPPED = "passed", "failed", "warning", "skipped"
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    day: str
+    success: bool
+    failures: tuple[str, ...]  # "table: rule detail", the rules that fail the day
+    warnings: tuple[str, ...]  # row-level failures let through by max_bad_fraction
+    rows: int
+    catalog_rows: int
+    rules_checked: int
+    rules_failed: int
+    quarantined_rows: int
+    report_dir: str
+    details: tuple[str, ...] = ()  # one line per failed or tolerated rule, with more examples
+
+    def headline(self) -> str:
+        """One line: on failure it names every failed rule, its column(s) and table."""
+        if not self.success:
+            return f"validate: {self.day} FAILED {_join_by_table(self.failures)}"
+        text = f"validate: {self.day} OK {self.rows} rows, {self.catalog_rows} catalog items, " \
+               f"{self.rules_checked} rules"
+        if self.warnings:
+            text += f"; WARNINGS {_join_by_table(self.warnings)}"
+        return text
+
+
+def _join_by_table(items: tuple[str, ...]) -> str:
+    by_table: dict[str, list[str]] = {}
+    for item in items:
+        table, _, text = item.partition(": ")
+        by_table.setdefault(table, []).append(text)
+    return " | ".join(f"{table}: " + "; ".join(texts) for table, texts in by_table.items())
+
+
+@dataclass
+class Check:
+    """One rule's verdict on one table, as summary.json shows it."""
+
+    table: str
+    rule: str
+    expectation_type: str
+    columns: list[str]
+    level: str
+    source: str  # "great_expectations" or "arrow_schema"
+    status: str = PASSED
+    unexpected_count: int | None = None
+    unexpected_percent: float | None = None
+    examples: list[str] = field(default_factory=list)
+    detail: str = ""
+    rows: list = field(default_factory=list)  # frame index of the unexpected rows (not in the summary)
+
+    def text(self, examples: int = 3, percent: bool = False) -> str:
+        parts = [self.rule]
+        if self.unexpected_count is not None:
+            noun = "row" if self.unexpected_count == 1 else "rows"
+            parts.append(f"{self.unexpected_count} unexpected {noun}")
+            if percent and self.unexpected_percent is not None:
+                parts.append(f"({self.unexpected_percent:.3g}% of those checked)")
+            if self.examples:
+                parts.append(f"(e.g. {', '.join(self.examples[:examples])})")
+        if self.detail:
+            parts.append(self.detail)
+        return f"{self.table}: " + " ".join(parts)
+
+    def to_json(self) -> dict:
+        return {
+            "table": self.table, "rule": self.rule, "expectation_type": self.expectation_type,
+            "columns": self.columns, "level": self.level, "source": self.source, "status": self.status,
+            "success": None if self.status == SKIPPED else self.status == PASSED,
+            "unexpected_count": self.unexpected_count,
+            "unexpected_percent": None if self.unexpected_percent is None else round(self.unexpected_percent, 6),
+            "examples": self.examples, "detail": self.detail,
+        }
+
+
+def validate_params(params: dict | None) -> dict:
+    section = dict(DEFAULTS)
+    section.update((params or {}).get("validate") or {})
+    fraction = section["max_bad_fraction"]
+    if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"validate.max_bad_fraction must be a number in [0, 1], got {fraction!r}")
+    if not isinstance(section["min_rows"], int) or section["min_rows"] < 0:
+        raise ValueError(f"validate.min_rows must be a whole number >= 0, got {section['min_rows']!r}")
+    patterns = section["user_id_patterns"]
+    if not isinstance(patterns, dict) or not patterns:
+        raise ValueError("validate.user_id_patterns must map names to regular expressions")
+    for name, pattern in patterns.items():
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise ValueError(f"validate.user_id_patterns.{name}: not a regular expression ({exc})") from exc
+    return section
+
+
+def parse_day(text: str) -> str:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise ValueError(f"day must be YYYY-MM-DD, got {text!r}")
+    dt.date.fromisoformat(text)
+    return text
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class DayData:
+    impressions: pd.DataFrame
+    catalog: pd.DataFrame
+    schemas: dict[str, list[tuple[str, pa.Schema]]]
+    row_files: np.ndarray | None  # the part file each impression row came from
+
+
+def _file_meta(path: Path) -> tuple[pa.Schema, int]:
+    try:
+        meta = pq.read_metadata(path)
+        return meta.schema.to_arrow_schema(), meta.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise ContractError(f"{path}: cannot be read as Parquet ({exc})") from exc
+
+
+def read_day(data_dir: Path, day: str) -> DayData:
+    """Both tables of one day; ContractError names the first file that cannot be read."""
+    paths = DayPaths(Path(data_dir), day)
+    impressions = read_impressions(data_dir, day)
+    catalog = read_catalog(data_dir, day)
+    parts = impression_parts(paths)
+    metas = [_file_meta(part) for part in parts]
+    schemas = {
+        IMPRESSIONS: [(part.name, schema) for part, (schema, _) in zip(parts, metas)],
+        CATALOG: [(paths.catalog_file.name, _file_meta(paths.catalog_file)[0])],
+    }
+    counts = [n for _, n in metas]
+    row_files = np.repeat([p.name for p in parts], counts) if sum(counts) == len(impressions) else None
+    return DayData(impressions, catalog, schemas, row_files)
+
+
+# ---------------------------------------------------------------- checking
+
+
+def _schema_checks(data: DayData, findings: list[SchemaFinding]) -> list[Check]:
+    """One type check per typed column present, failed where the Arrow schema says so."""
+    checks = []
+    for table in TABLES:
+        seen: list[str] = []
+        for _, schema in data.schemas[table]:
+            seen += [n for n in schema.names if n not in seen]
+        typed = [n for n in seen if n in CONTRACT_KINDS[table]
+                 or (table == IMPRESSIONS and n.startswith(EXTRA_FEATURE_PREFIX))]
+        by_column = {(f.column, f.expectation_type): f for f in findings if f.table == table}
+        for name in typed:
+            check = Check(table, f"expect_column_type_to_be({name})", "expect_column_type_to_be", [name],
+                          COLUMN, "arrow_schema")
+            finding = by_column.get((name, "expect_column_type_to_be"))
+            if finding:
+                check.status = FAILED
+                check.detail = f"{finding.detail} ({', '.join(finding.files)})"
+            checks.append(check)
+        for finding in findings:
+            if finding.table == table and finding.expectation_type != "expect_column_type_to_be":
+                checks.append(Check(table, finding.rule, finding.expectation_type, [finding.column], COLUMN,
+                                    "arrow_schema", status=FAILED,
+                                    detail=f"{finding.detail} ({', '.join(finding.files)})"))
+    return checks
+
+
+def _docs_context(docs_dir: Path):
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        data_docs_sites={DOCS_SITE: {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            # GX wants an absolute base_directory when the context has no root folder.
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(docs_dir.resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }},
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def run_suites(frames: dict[str, pd.DataFrame], rules: dict[str, list[Rule]], docs_dir: Path,
+               run_name: str) -> dict[str, object]:
+    """Run each suite on its frame through a Checkpoint that also writes the Data Docs site into docs_dir.
+
+    Returns the ExpectationValidationResult of every rule, by (suite, rule label).
+    """
+    context = _docs_context(docs_dir)
+    run_time = dt.datetime.now(dt.timezone.utc)
+    source = context.data_sources.add_pandas("contract")
+    by_label = {}
+    for name, suite_rules in rules.items():
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(f"{name}_day")
+        # Adding expectations one by one re-serialises the whole suite each time: build it whole.
+        suite = context.suites.add(gx.ExpectationSuite(name=name,
+                                                       expectations=[r.expectation for r in suite_rules]))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        # A checkpoint's batch_parameters go to all its definitions, so one checkpoint per frame.
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=name, validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
+            result_format=RESULT_FORMAT))
+        result = checkpoint.run(batch_parameters={"dataframe": frames[name]},
+                                run_id=RunIdentifier(run_name=run_name, run_time=run_time))
+        for suite_result in result.run_results.values():
+            for item in suite_result.results:
+                by_label[(name, item.expectation_config.meta["rule"])] = item
+    return by_label
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _examples(frame: pd.DataFrame, table: str, rows: list, usable: set[str], count: int) -> list[str]:
+    column = ID_COLUMN[table]
+    ids = frame.loc[rows, column].tolist() if column in usable else [None] * len(rows)
+    # Rows without a usable id are named by their position in the day's table.
+    named = [f"row {r}" if pd.isna(v) else str(v) for r, v in zip(rows, ids)]
+    return list(dict.fromkeys(named))[:count]
+
+
+def _gx_check(rule: Rule, result, frame: pd.DataFrame, usable: set[str], examples: int) -> Check:
+    check = Check(rule.table, rule.label, rule.expectation.expectation_type, list(rule.columns), rule.level,
+                  "great_expectations")
+    info = result.exception_info or {}
+    if info.get("raised_exception"):
+        check.status = FAILED
+        check.level = COLUMN  # nothing row-level to quarantine when the check itself broke
+        check.detail = "raised " + _one_line(info.get("exception_message") or "an exception")
+        return check
+    body = result.result or {}
+    check.status = PASSED if result.success else FAILED
+    if rule.level == ROW:
+        check.unexpected_count = int(body.get("unexpected_count") or 0)
+        check.unexpected_percent = float(body.get("unexpected_percent") or 0.0)
+        rows = [r for r in body.get("unexpected_index_list") or [] if not isinstance(r, dict)]
+        check.rows = rows
+        if not result.success:
+            check.examples = _examples(frame, rule.table, rows, usable, examples)
+    elif not result.success:
+        mismatched = (body.get("details") or {}).get("mismatched") or {}
+        if mismatched.get("unexpected"):
+            check.detail = "unexpected column(s): " + ", ".join(map(str, mismatched["unexpected"]))
+        elif "observed_value" in body and rule.expectation.expectation_type != "expect_column_to_exist":
+            check.detail = f"observed {_one_line(body['observed_value'], 120)}"
+    return check
+
+
+def check_day(data: DayData, day: str, section: dict, docs_dir: Path) -> list[Check]:
+    findings = [f for table in TABLES for f in check_schemas(table, data.schemas[table])]
+    checks = _schema_checks(data, findings)
+    frames = {IMPRESSIONS: data.impressions, CATALOG: data.catalog}
+    bad_types = {(f.table, f.column) for f in findings if f.expectation_type == "expect_column_type_to_be"}
+    usable = {(table, c) for table, frame in frames.items() for c in frame.columns if (table, c) not in bad_types}
+
+    start = pd.Timestamp(day, tz="UTC")
+    rules = {
+        IMPRESSIONS: impression_rules(day_start=start, day_end=start + pd.Timedelta(days=1),
+                                      present_columns=list(data.impressions.columns),
+                                      min_rows=section["min_rows"],
+                                      user_id_patterns=dict(section["user_id_patterns"])),
+        CATALOG: catalog_rules(present_columns=list(data.catalog.columns)),
+    }
+    runnable: dict[str, list[Rule]] = {}
+    skipped: dict[tuple[str, str], Check] = {}
+    for table, table_rules in rules.items():
+        for rule in table_rules:
+            missing = [f"{t}.{c}" if t != table else c for t, c in rule.needs if (t, c) not in usable]
+            if missing and rule.expectation.expectation_type != "expect_column_to_exist":
+                skipped[(rule.suite, rule.label)] = Check(table, rule.label, rule.expectation.expectation_type,
+                                            list(rule.columns), rule.level, "great_expectations",
+                                            status=SKIPPED,
+                                            detail=f"not run: {', '.join(missing)} missing or of the wrong type")
+            else:
+                runnable.setdefault(rule.suite, []).append(rule)
+    suite_frames = dict(frames)
+    if IN_CATALOG in runnable:
+        suite_frames[IN_CATALOG] = in_catalog_frame(data.impressions, data.catalog)
+    results = run_suites(suite_frames, runnable, docs_dir, run_name=day)
+    for table, table_rules in rules.items():
+        table_usable = {c for t, c in usable if t == table}
+        for rule in table_rules:
+            key = (rule.suite, rule.label)
+            if key in skipped:
+                checks.append(skipped[key])
+            else:
+                checks.append(_gx_check(rule, results[key], frames[table], table_usable,
+                                        section["examples"]))
+    return checks
+
+
+def _tolerate(checks: list[Check], frames: dict[str, pd.DataFrame], max_bad_fraction: float) -> dict[str, dict]:
+    """Per table: bad rows and their share; row-level failures within max_bad_fraction become warnings."""
+    tables = {}
+    for table in TABLES:
+        failed = [c for c in checks if c.table == table and c.status == FAILED]
+        bad_rows = sorted({r for c in failed if c.level == ROW for r in c.rows})
+        n = len(frames[table])
+        fraction = len(bad_rows) / n if n else 0.0
+        only_rows = failed and all(c.level == ROW for c in failed)
+        if only_rows and fraction <= max_bad_fraction:
+            for c in failed:
+                c.status = WARNING
+        tables[table] = {"rows": n, "bad_rows": len(bad_rows), "bad_fraction": round(fraction, 6)}
+    return tables
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _quarantine(frame: pd.DataFrame, checks: list[Check], row_files: np.ndarray | None) -> pd.DataFrame:
+    pieces = []
+    for order, check in enumerate(checks):
+        if check.level == ROW and check.status in (FAILED, WARNING) and check.rows:
+            rows = sorted(check.rows)
+            piece = frame.loc[rows].copy()
+            piece["rule"] = check.rule
+            if row_files is not None:
+                piece["source_file"] = row_files[frame.index.get_indexer(rows)]
+            piece["_order"] = order
+            pieces.append(piece)
+    if not pieces:
+        empty = frame.iloc[0:0].copy()
+        empty["rule"] = pd.Series(dtype="str")
+        if row_files is not None:
+            empty["source_file"] = pd.Series(dtype="str")
+        return empty.reset_index(drop=True)
+    out = pd.concat(pieces)
+    out["_row"] = out.index
+    out = out.sort_values(["_row", "_order"], kind="stable").drop(columns=["_row", "_order"])
+    return out.reset_index(drop=True)
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError):
+        # Mixed-type columns (parts that disagree on a type) cannot map to one Arrow type: keep them as text.
+        frame = frame.copy()
+        for name in frame.columns:
+            if frame[name].dtype == object:
+                frame[name] = frame[name].map(lambda v: None if v is None else str(v)).astype("str")
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, path)
+
+
+def _metric(frame: pd.DataFrame, column: str, usable: bool):
+    if not usable or len(frame) == 0:
+        return None
+    try:
+        return round(float(pd.to_numeric(frame[column]).mean()), 6)
+    except (TypeError, ValueError):
+        return None
+
+
+def _metrics(data: DayData, checks: list[Check], tables: dict, quarantined: int) -> dict:
+    imp = data.impressions
+    typed_ok = {c.columns[0] for c in checks if c.table == IMPRESSIONS
+                and c.expectation_type == "expect_column_type_to_be" and c.status == PASSED}
+    search_share = None
+    if {"request_id", "surface"} <= typed_ok and len(imp):
+        per_request = imp.groupby("request_id", sort=False)["surface"].first()
+        search_share = round(float((per_request == "search").mean()), 6) if len(per_request) else None
+    return {
+        "rows": len(imp),
+        "catalog_rows": len(data.catalog),
+        "ctr": _metric(imp, "clicked", "clicked" in typed_ok),
+        "purchase_rate": _metric(imp, "purchased", "purchased" in typed_ok),
+        "search_share": search_share,  # share of requests (not rows) that are searches
+        "rules_checked": sum(c.status != SKIPPED for c in checks),
+        "rules_failed": sum(c.status in (FAILED, WARNING) for c in checks),
+        "rules_warned": sum(c.status == WARNING for c in checks),
+        "rules_skipped": sum(c.status == SKIPPED for c in checks),
+        "bad_rows": tables[IMPRESSIONS]["bad_rows"],
+        "bad_fraction": tables[IMPRESSIONS]["bad_fraction"],
+        "quarantined_rows": quarantined,
+    }
+
+
+def _order_for_headline(checks: list[Check]) -> list[Check]:
+    """Per table, shape failures (type, missing column) before row-level ones, each in rule order."""
+    return sorted(checks, key=lambda c: (TABLES.index(c.table), c.level == ROW))
+
+
+def _readable(folder: Path) -> None:
+    # mkdtemp makes the folder private (0700); a report is meant to be read by others.
+    folder.chmod(0o755)
+
+
+def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None = None) -> ValidationOutcome:
+    """Validate one day and write the report folder; raises ContractError when a file cannot be read."""
+    day = parse_day(day)
+    section = validate_params(params)
+    out_dir = Path(out_dir)
+    try:
+        data = read_day(Path(data_dir), day)
+    except ContractError as exc:
+        with atomic_dir(out_dir) as tmp:
+            _readable(tmp)
+            (tmp / "summary.json").write_text(dumps_json({
+                "day": day, "success": False, "error": _one_line(exc, 2000)}), encoding="utf-8")
+        raise
+
+    with atomic_dir(out_dir) as tmp:
+        _readable(tmp)
+        checks = check_day(data, day, section, tmp / "data_docs")
+        frames = {IMPRESSIONS: data.impressions, CATALOG: data.catalog}
+        tables = _tolerate(checks, frames, float(section["max_bad_fraction"]))
+        quarantined = 0
+        for table in TABLES:
+            q = _quarantine(frames[table], [c for c in checks if c.table == table],
+                            data.row_files if table == IMPRESSIONS else None)
+            if table == IMPRESSIONS:
+                quarantined = len(q)
+            _write_parquet(q, tmp / QUARANTINE_FILE[table])
+        for table, files in data.schemas.items():
+            tables[table]["files"] = [name for name, _ in files]
+        failures = tuple(c.text() for c in _order_for_headline([c for c in checks if c.status == FAILED]))
+        warnings = tuple(c.text() for c in _order_for_headline([c for c in checks if c.status == WARNING]))
+        success = not failures
+        details = tuple(f"{c.status} " + c.text(examples=section["examples"], percent=True)
+                        for c in _order_for_headline([c for c in checks if c.status in (FAILED, WARNING)]))
+        summary = {
+            "day": day,
+            "success": success,
+            "max_bad_fraction": section["max_bad_fraction"],
+            "tables": tables,
+            "failures": list(failures),
+            "warnings": list(warnings),
+            "expectations": [c.to_json() for c in checks],
+        }
+        metrics = _metrics(data, checks, tables, quarantined)
+        (tmp / "summary.json").write_text(dumps_json(summary), encoding="utf-8")
+        (tmp / "metrics.json").write_text(dumps_json(metrics), encoding="utf-8")
+
+    return ValidationOutcome(
+        day=day, success=success, failures=failures, warnings=warnings,
+        rows=len(data.impressions), catalog_rows=len(data.catalog),
+        rules_checked=metrics["rules_checked"], rules_failed=metrics["rules_failed"],
+        quarantined_rows=quarantined, report_dir=str(out_dir), details=details)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _day_arg(text: str) -> str:
+    try:
+        return parse_day(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path,
+                        help="folder holding impressions/dt=DAY/ and catalog/dt=DAY/ (DATA_CONTRACT.md)")
+    parser.add_argument("--day", required=True, type=_day_arg, help="the day to check, YYYY-MM-DD")
+    parser.add_argument("--out", required=True, type=Path, help="report folder, replaced as a whole")
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params.yaml (default: ./params.yaml when present, else built-in defaults)")
+
+
+def main(args: argparse.Namespace) -> int:
+    params_path = args.params
+    if params_path is None and Path("params.yaml").is_file():
+        params_path = Path("params.yaml")
+    try:
+        params = load_params(params_path) if params_path is not None else {}
+        validate_params(params)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"validate: {args.day} ERROR {params_path}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+    # GX may log or warn on stderr while it runs; hold that back so the verdict is the first line.
+    noise = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(noise):
+            outcome = run(args.data, args.day, args.out, params)
+    except ContractError as exc:
+        print(f"validate: {args.day} ERROR {_one_line(exc, 2000)}", file=sys.stderr)
+        sys.stderr.write(noise.getvalue())
+        return 2
+    except BaseException:
+        sys.stderr.write(noise.getvalue())
+        raise
+
+    report = Path(outcome.report_dir)
+    if outcome.success:
+        print(outcome.headline())
+    else:
+        print(outcome.headline(), file=sys.stderr)
+    for line in outcome.details:
+        print(f"  {_one_line(line, 1000)}", file=sys.stderr)
+    if outcome.details:
+        print(f"  report: {report / 'summary.json'}, {report / 'data_docs' / 'index.html'}, "
+              f"{report / QUARANTINE_FILE[IMPRESSIONS]}", file=sys.stderr)
+    sys.stderr.write(noise.getvalue())
+    return 0 if outcome.success else 1
