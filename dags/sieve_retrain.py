@@ -16,7 +16,7 @@ import yaml
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline.repro import EXIT_DATA_REJECTED, STAGES
+from pipeline.repro import EXIT_DATA_REJECTED, REJECTION_PREFIX, STAGES
 
 PROJECT = Path(__file__).resolve().parents[1]
 KNOBS = yaml.safe_load((PROJECT / "params.yaml").read_text())["dag"]
@@ -34,7 +34,7 @@ def run_stage(stage: str, day: str) -> None:
     rejection = None
     for line in proc.stdout:
         print(line, end="")
-        if line.startswith("repro: validate rejected"):
+        if line.startswith(REJECTION_PREFIX):
             rejection = line.strip()
     if proc.wait() == EXIT_DATA_REJECTED:
         raise AirflowFailException(rejection or f"{stage}: the day's data was rejected")

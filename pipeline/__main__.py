@@ -20,26 +20,27 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
-    return parser
+def usage() -> str:
+    lines = ["usage: python -m pipeline <command> [options]   (python -m pipeline <command> --help for its options)",
+             "", "commands:"]
+    lines += [f"  {name:11s} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        print((f"unknown command {argv[0]!r}\n" if argv else "") + usage(), file=sys.stderr)
+        return 2
     # Import only the chosen command's module: stages pull in torch or GX, which are slow to load.
-    if argv and argv[0] in COMMANDS:
-        module = importlib.import_module(COMMANDS[argv[0]][0])
-        parser = argparse.ArgumentParser(prog=f"python -m pipeline {argv[0]}",
-                                         description=COMMANDS[argv[0]][1])
-        module.add_arguments(parser)
-        return int(module.main(parser.parse_args(argv[1:])) or 0)
-    build_parser().parse_args(argv)
-    return 2
+    module_name, help_text = COMMANDS[argv[0]]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m pipeline {argv[0]}", description=help_text)
+    module.add_arguments(parser)
+    return int(module.main(parser.parse_args(argv[1:])) or 0)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-import numpy as np
 
 from pipeline import metrics as m
 from pipeline.atomic import atomic_dir, read_json, write_json_atomic
@@ -40,7 +37,8 @@ def logged_order_ndcg(impressions, k: int) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def champion_predictions(champion: dict, registry_dir: str, holdout, params: dict, device: str) -> dict:
+def champion_predictions(champion: dict, registry_dir: str, impressions, catalog, params: dict,
+                         device: str) -> dict:
     """Embed the slice's texts with the champion's own encoder, then score with its ranker."""
     from pipeline import encoder as enc
     from pipeline import features, ranker, registry
@@ -48,18 +46,17 @@ def champion_predictions(champion: dict, registry_dir: str, holdout, params: dic
 
     folder = registry.model_dir(registry_dir, champion)
     tokenizer, model = enc.load_encoder(folder / "encoder")
-    texts = sorted(set(features.item_titles(holdout.impressions, holdout.catalog))
-                   | set(holdout.impressions["query"].dropna()))
+    texts = sorted(set(features.item_titles(impressions, catalog)) | set(impressions["query"].dropna()))
     cfg = params["pretrain"]
     table = EmbeddingTable(texts, enc.embed(model, tokenizer, texts, cfg["max_length"], cfg["embed_batch_size"], device))
-    x = features.build(holdout.impressions, holdout.catalog, table, params["ranker"]["max_position"])
+    x = features.build(impressions, catalog, table, params["ranker"]["max_position"])
     return ranker.predict(ranker.load(folder / "ranker"), x, device, with_position=True)
 
 
 def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, params: dict) -> dict:
     from pipeline import ranker
     from pipeline.compute import setup
-    from pipeline.dataset import DayData, load_day
+    from pipeline.dataset import load_day
 
     cfg = params["evaluate"]
     device = setup(params, stage_seed(params, "evaluate"))
@@ -76,8 +73,8 @@ def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, p
               # The logged order, for reference; position bias flatters it on logged clicks.
               "logging_policy": {f"ndcg_at_{cfg['ndcg_k']}": logged_order_ndcg(impressions, cfg["ndcg_k"])}}
     if champion is not None:
-        holdout = DayData(impressions, data.catalog, None, np.ones(len(impressions), bool))
-        predictions = champion_predictions(champion, params["registry"]["dir"], holdout, params, device)
+        predictions = champion_predictions(champion, params["registry"]["dir"], impressions, data.catalog,
+                                           params, device)
         result["champion"] = score_rows(predictions, impressions, cfg["ndcg_k"])
         result["champion_id"] = champion["model_id"]
     with atomic_dir(out_dir) as tmp:

@@ -44,18 +44,17 @@ class Ranker(nn.Module):
         self.position_bias = nn.Embedding(config.max_position + 1, 1)
         nn.init.zeros_(self.position_bias.weight)
 
-    def forward(self, x: Features, with_position: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(click logit, purchase-given-click logit)."""
+    def forward(self, x: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(position-free click logit, position bias logit, purchase-given-click logit)."""
         h = self.body(torch.cat([x.query, x.title, x.query * x.title, x.dense], dim=1))
-        click = self.click_head(h).squeeze(1)
-        if with_position:
-            click = click + self.position_bias(x.position).squeeze(1)
-        return click, self.conversion_head(h).squeeze(1)
+        return (self.click_head(h).squeeze(1), self.position_bias(x.position).squeeze(1),
+                self.conversion_head(h).squeeze(1))
 
 
 def loss_terms(model: Ranker, x: Features) -> tuple[torch.Tensor, torch.Tensor]:
     """Per impression: BCE(click), and BCE(click and purchase) with P = pCTR * pCVR (ESMM)."""
-    click_logit, cvr_logit = model(x, with_position=True)
+    free_logit, bias_logit, cvr_logit = model(x)
+    click_logit = free_logit + bias_logit
     click_loss = F.binary_cross_entropy_with_logits(click_logit, x.click, reduction="none")
     log_p = F.logsigmoid(click_logit) + F.logsigmoid(cvr_logit)
     log_not_p = torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-6))
@@ -121,19 +120,18 @@ def fit(model: Ranker, x: Features, weights: np.ndarray | None, cfg: dict, seed:
 @torch.no_grad()
 def predict(model: Ranker, x: Features, device: str, with_position: bool,
             batch_size: int = 8192) -> dict[str, np.ndarray]:
-    """pCTR (at the logged position when with_position), pCVR, and the position-free ranking score."""
+    """pCTR (at the logged position when with_position), pCTR x pCVR, and the position-free ranking score."""
     model.to(device).eval()
     parts: dict[str, list[np.ndarray]] = {"p_click": [], "p_purchase": [], "score": []}
     for start in range(0, len(x), batch_size):
         batch = x.subset(torch.arange(start, min(start + batch_size, len(x)))).to(device)
-        click_logit, cvr_logit = model(batch, with_position=with_position)
-        free_click, _ = model(batch, with_position=False) if with_position else (click_logit, None)
-        p_click = torch.sigmoid(click_logit)
+        free_logit, bias_logit, cvr_logit = model(batch)
+        p_click = torch.sigmoid(free_logit + bias_logit if with_position else free_logit)
+        p_cvr = torch.sigmoid(cvr_logit)
         parts["p_click"].append(p_click.cpu().numpy())
-        parts["p_purchase"].append((p_click * torch.sigmoid(cvr_logit)).cpu().numpy())
-        # Rank by expected value without position: P(click) and P(purchase) both count.
-        free_p = torch.sigmoid(free_click)
-        parts["score"].append((free_p * (1 + torch.sigmoid(cvr_logit))).cpu().numpy())
+        parts["p_purchase"].append((p_click * p_cvr).cpu().numpy())
+        # Rank by expected value without position: a click counts, a purchase counts again.
+        parts["score"].append((torch.sigmoid(free_logit) * (1 + p_cvr)).cpu().numpy())
     return {k: np.concatenate(v) if v else np.zeros(0, dtype=np.float32) for k, v in parts.items()}
 
 

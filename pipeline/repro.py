@@ -21,12 +21,14 @@ from pipeline.params import load_params
 STAGES = ("validate", "pretrain", "importance", "train", "evaluate", "gate", "promote")
 # Exit code for "the day's data was rejected": retrying cannot help, unlike a crash.
 EXIT_DATA_REJECTED = 3
+# First words of the line that reports a rejection (the DAG shows that line as the failure reason).
+REJECTION_PREFIX = "repro: validate rejected the day:"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=".", help="the DVC repository to run in")
     parser.add_argument("--day", required=True, help="YYYY-MM-DD: the run's data interval")
-    parser.add_argument("stages", nargs="*", choices=[[], *STAGES], metavar="stage",
+    parser.add_argument("stages", nargs="*", metavar="stage",
                         help=f"stages to run, in order (default: all of {', '.join(STAGES)})")
 
 
@@ -80,7 +82,7 @@ def run_stage(workspace: Path, stage: str) -> int:
     if result.returncode == 0:
         return 0
     if stage == "validate" and (message := rejection_message(workspace)) is not None:
-        print(f"repro: validate rejected the day: {message}", file=sys.stderr)
+        print(f"{REJECTION_PREFIX} {message}", file=sys.stderr)
         return EXIT_DATA_REJECTED
     print(f"repro: stage {stage} failed (dvc exit {result.returncode})", file=sys.stderr)
     return 1
@@ -91,7 +93,15 @@ def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = S
     if not (workspace / ".dvc").is_dir() or not (workspace / "dvc.yaml").is_file():
         print(f"repro: {workspace} is not a DVC repository with a dvc.yaml", file=sys.stderr)
         return 2
-    day = parse_day(day)
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown:
+        print(f"repro: unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    try:
+        day = parse_day(day)
+    except ValueError as exc:
+        print(f"repro: {exc}", file=sys.stderr)
+        return 2
     prepare(workspace, day)
     for stage in stages or STAGES:
         code = run_stage(workspace, stage)

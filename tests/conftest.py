@@ -64,6 +64,7 @@ def make_workspace(path: Path, params: dict | None = None) -> Path:
     run(["git", "init", "-q"], path)
     run([sys.executable, "-m", "dvc", "init", "-q"], path)
     run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], path)
+    shutil.copy(ROOT / ".dvcignore", path / ".dvcignore")
     return path
 
 
