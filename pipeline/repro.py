@@ -11,11 +11,11 @@ import argparse
 import os
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 from pipeline import registry
 from pipeline.atomic import dumps_json, read_json, write_bytes_atomic
+from pipeline.contract import parse_day
 from pipeline.params import load_params
 
 STAGES = ("validate", "pretrain", "importance", "train", "evaluate", "gate", "promote")
@@ -30,13 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--day", required=True, help="YYYY-MM-DD: the run's data interval")
     parser.add_argument("stages", nargs="*", metavar="stage",
                         help=f"stages to run, in order (default: all of {', '.join(STAGES)})")
-
-
-def parse_day(text: str) -> str:
-    try:
-        return date.fromisoformat(text).isoformat()
-    except ValueError as exc:
-        raise ValueError(f"--day {text!r} is not a YYYY-MM-DD date") from exc
 
 
 def write_if_changed(path: Path, content: str) -> None:

@@ -43,6 +43,7 @@ from pipeline.contract import (  # noqa: E402
     ContractError,
     DayPaths,
     impression_parts,
+    parse_day,
     read_catalog,
     read_impressions,
 )
@@ -170,13 +171,6 @@ def validate_params(params: dict | None) -> dict:
         except (re.error, TypeError) as exc:
             raise ValueError(f"validate.user_id_patterns.{name}: not a regular expression ({exc})") from exc
     return section
-
-
-def parse_day(text: str) -> str:
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-        raise ValueError(f"day must be YYYY-MM-DD, got {text!r}")
-    dt.date.fromisoformat(text)
-    return text
 
 
 # ---------------------------------------------------------------- reading

@@ -38,5 +38,5 @@ def test_repro_refuses_unknown_stage_and_non_dvc_folder(workspace, tmp_path):
 
 def test_repro_rejects_a_malformed_day(workspace):
     result = cli("repro", "--workspace", str(workspace), "--day", "2026-13-01", "gate")
-    assert result.returncode == 2 and "'2026-13-01' is not a YYYY-MM-DD date" in result.stderr
+    assert result.returncode == 2 and "day must be a YYYY-MM-DD date, got '2026-13-01'" in result.stderr
     assert "Traceback" not in result.stderr
