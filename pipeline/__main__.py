@@ -8,6 +8,7 @@ import sys
 # command -> module holding `add_arguments(parser)` and `main(args) -> int`
 COMMANDS = {
     "simulate": ("pipeline.simulate", "write simulated logs in the data contract's layout"),
+    "ingest": ("pipeline.ingest", "bring your own logs (Parquet or CSV) into the data contract's layout"),
     "validate": ("pipeline.validate", "check one day against the data contract (Great Expectations)"),
     "pretrain": ("pipeline.pretrain", "refresh the text encoder on the day's texts and embed them"),
     "importance": ("pipeline.importance.stage", "score every impression and turn scores into weights"),

@@ -1,14 +1,14 @@
 """The data contract (DATA_CONTRACT.md) in code: columns, types, the layout on disk, and readers."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.days import parse_day  # noqa: F401  (the layout's day format, re-exported)
 
 IMPRESSION_SCHEMA = pa.schema([
     ("event_id", pa.string()),
@@ -42,17 +42,6 @@ IMPRESSION_COLUMNS = IMPRESSION_SCHEMA.names
 CATALOG_COLUMNS = CATALOG_SCHEMA.names
 SURFACES = ("search", "recommend")
 EXTRA_FEATURE_PREFIX = "f_"
-
-
-def parse_day(text: str) -> str:
-    """A day as the layout names it (dt=YYYY-MM-DD): exactly that shape, and a real calendar date."""
-    try:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            raise ValueError
-        date.fromisoformat(text)
-    except (ValueError, TypeError):
-        raise ValueError(f"day must be a YYYY-MM-DD date, got {text!r}") from None
-    return text
 
 
 class ContractError(Exception):

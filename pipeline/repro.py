@@ -2,6 +2,7 @@
 
 Before `dvc repro` it writes the run's context into the workspace:
   run/context.yaml   the day, which dvc.yaml interpolates into paths and commands
+  run/window.json    the earlier days (and their content hashes) that drift is measured against
   run/baseline.json  the champion that served before that day (what evaluate and gate compare with)
 Both are rewritten only when their content changes, so an unchanged rerun is a DVC cache hit.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from pipeline import registry
 from pipeline.atomic import dumps_json, read_json, write_bytes_atomic
-from pipeline.contract import parse_day
+from pipeline.days import parse_day
 from pipeline.params import load_params
 
 STAGES = ("validate", "pretrain", "importance", "train", "evaluate", "gate", "promote")
@@ -37,17 +38,26 @@ def write_if_changed(path: Path, content: str) -> None:
         write_bytes_atomic(path, content.encode("utf-8"))
 
 
+def validate_dir(workspace: Path, day: str) -> Path:
+    return workspace / "work" / "validate" / f"dt={day}"
+
+
 def prepare(workspace: Path, day: str) -> None:
+    from pipeline import drift  # pandas: not at import time, the DAG file imports this module
+
     params = load_params(workspace / "params.yaml")
     write_if_changed(workspace / "run" / "context.yaml", f"day: '{day}'\n")
+    window = int((params["validate"].get("drift") or {}).get("window_days", 0))
+    write_if_changed(workspace / "run" / "window.json",
+                     dumps_json(drift.window_manifest(workspace / "data" / "raw", day, window)))
     registry_dir = workspace / params["registry"]["dir"]
     write_if_changed(workspace / "run" / "baseline.json",
                      dumps_json({"champion": registry.baseline_for(registry_dir, day)}))
 
 
-def rejection_message(workspace: Path) -> str | None:
+def rejection_message(workspace: Path, day: str) -> str | None:
     """The validate stage's own verdict when it rejected the day, else None (a crash, say)."""
-    summary = workspace / "work" / "validate" / "summary.json"
+    summary = validate_dir(workspace, day) / "summary.json"
     if summary.is_file():
         verdict = read_json(summary)
         if not verdict.get("success", True):
@@ -66,15 +76,15 @@ def dvc_env() -> dict:
     return env
 
 
-def run_stage(workspace: Path, stage: str) -> int:
+def run_stage(workspace: Path, stage: str, day: str) -> int:
     if stage == "validate":
         # A stale verdict must not be mistaken for today's.
-        (workspace / "work" / "validate" / "summary.json").unlink(missing_ok=True)
+        (validate_dir(workspace, day) / "summary.json").unlink(missing_ok=True)
     result = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
                             cwd=workspace, env=dvc_env())
     if result.returncode == 0:
         return 0
-    if stage == "validate" and (message := rejection_message(workspace)) is not None:
+    if stage == "validate" and (message := rejection_message(workspace, day)) is not None:
         print(f"{REJECTION_PREFIX} {message}", file=sys.stderr)
         return EXIT_DATA_REJECTED
     print(f"repro: stage {stage} failed (dvc exit {result.returncode})", file=sys.stderr)
@@ -97,7 +107,7 @@ def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = S
         return 2
     prepare(workspace, day)
     for stage in stages or STAGES:
-        code = run_stage(workspace, stage)
+        code = run_stage(workspace, stage, day)
         if code:
             return code
     return 0

@@ -5,12 +5,14 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 from pipeline import registry
 from pipeline.params import load_params
 
 OUTPUTS = (
-    ("data-quality report (GX Data Docs)", "work/validate/data_docs/index.html"),
-    ("data-quality summary", "work/validate/summary.json"),
+    ("data-quality report", "work/validate/dt={day}/report.html"),
+    ("data-quality Data Docs (GX)", "work/validate/dt={day}/data_docs/index.html"),
     ("importance scores and weights", "work/importance/scores.parquet"),
     ("importance summary", "work/importance/metrics.json"),
     ("encoder refresh metrics", "work/pretrain/metrics.json"),
@@ -25,12 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=".", help="the DVC repository the run used")
 
 
+def last_day(workspace: Path) -> str | None:
+    context = workspace / "run" / "context.yaml"
+    return yaml.safe_load(context.read_text())["day"] if context.is_file() else None
+
+
 def run(workspace: str | Path) -> list[str]:
     workspace = Path(workspace).resolve()
-    lines = []
+    day = last_day(workspace)
+    lines = [f"  day: {day or 'no run yet'}"]
     for label, relative in OUTPUTS:
-        path = workspace / relative
-        lines.append(f"  {label:36s} {path}" + ("" if path.exists() else "  (missing)"))
+        path = workspace / relative.format(day=day)
+        lines.append(f"  {label:30s} {path}" + ("" if path.exists() else "  (missing)"))
     metrics_file = workspace / "work/evaluate/metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())

@@ -17,6 +17,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import datetime as dt  # noqa: E402
 import io  # noqa: E402
+import json  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -37,6 +38,7 @@ from great_expectations.data_context.types.base import (  # noqa: E402
     ProgressBarsConfig,
 )
 
+from pipeline import drift, validate_report  # noqa: E402
 from pipeline.atomic import atomic_dir, dumps_json  # noqa: E402
 from pipeline.contract import (  # noqa: E402
     EXTRA_FEATURE_PREFIX,
@@ -465,7 +467,28 @@ def _readable(folder: Path) -> None:
     folder.chmod(0o755)
 
 
-def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None = None) -> ValidationOutcome:
+# Columns the drift statistics read; with any of them broken the statistics would mislead.
+DRIFT_COLUMNS = ("clicked", "purchased", "position", "item_id", "query", "price")
+
+
+def _drift(data_dir: Path, day: str, data: DayData, checks: list[Check], section: dict,
+           window_file: str | Path | None) -> dict:
+    cfg = section.get("drift")
+    if not cfg:
+        return {"skipped": "no validate.drift section in params", "checks": [], "statistics": []}
+    broken = sorted({col for c in checks if c.table == IMPRESSIONS and c.level != ROW and c.status == FAILED
+                     for col in c.columns if col in DRIFT_COLUMNS})
+    if broken:
+        return {"skipped": f"column(s) {', '.join(broken)} broken", "checks": [], "statistics": []}
+    if window_file is not None:
+        earlier = [entry["day"] for entry in json.loads(Path(window_file).read_text())["previous"]]
+    else:
+        earlier = drift.previous_days(data_dir, day, int(cfg["window_days"]))
+    return drift.drift_report(data_dir, day, data.impressions, earlier, cfg)
+
+
+def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None = None,
+        window_file: str | Path | None = None) -> ValidationOutcome:
     """Validate one day and write the report folder; raises ContractError when a file cannot be read."""
     day = parse_day(day)
     section = validate_params(params)
@@ -484,20 +507,27 @@ def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None
         checks = check_day(data, day, section, tmp / "data_docs")
         frames = {IMPRESSIONS: data.impressions, CATALOG: data.catalog}
         tables = _tolerate(checks, frames, float(section["max_bad_fraction"]))
-        quarantined = 0
+        quarantines = {}
         for table in TABLES:
-            q = _quarantine(frames[table], [c for c in checks if c.table == table],
-                            data.row_files if table == IMPRESSIONS else None)
-            if table == IMPRESSIONS:
-                quarantined = len(q)
-            _write_parquet(q, tmp / QUARANTINE_FILE[table])
+            quarantines[table] = _quarantine(frames[table], [c for c in checks if c.table == table],
+                                             data.row_files if table == IMPRESSIONS else None)
+            _write_parquet(quarantines[table], tmp / QUARANTINE_FILE[table])
+        quarantined = len(quarantines[IMPRESSIONS])
         for table, files in data.schemas.items():
             tables[table]["files"] = [name for name, _ in files]
         failures = tuple(c.text() for c in _order_for_headline([c for c in checks if c.status == FAILED]))
         warnings = tuple(c.text() for c in _order_for_headline([c for c in checks if c.status == WARNING]))
-        success = not failures
         details = tuple(f"{c.status} " + c.text(examples=section["examples"], percent=True)
                         for c in _order_for_headline([c for c in checks if c.status in (FAILED, WARNING)]))
+        drift = _drift(Path(data_dir), day, data, checks, section, window_file)
+        for status, bucket in ((FAILED, "failures"), (WARNING, "warnings")):
+            lines = tuple(f"drift: {c['detail']}" for c in drift["checks"] if c["status"] == status)
+            if bucket == "failures":
+                failures += lines
+            else:
+                warnings += lines
+            details += tuple(f"{status} {line}" for line in lines)
+        success = not failures
         summary = {
             "day": day,
             "success": success,
@@ -506,10 +536,13 @@ def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None
             "failures": list(failures),
             "warnings": list(warnings),
             "expectations": [c.to_json() for c in checks],
+            "drift": drift,
         }
         metrics = _metrics(data, checks, tables, quarantined)
         (tmp / "summary.json").write_text(dumps_json(summary), encoding="utf-8")
         (tmp / "metrics.json").write_text(dumps_json(metrics), encoding="utf-8")
+        validate_report.write(tmp, summary, pd.concat([q for q in quarantines.values() if len(q)] or
+                                                      [quarantines[IMPRESSIONS]]), metrics)
 
     return ValidationOutcome(
         day=day, success=success, failures=failures, warnings=warnings,
@@ -533,6 +566,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder holding impressions/dt=DAY/ and catalog/dt=DAY/ (DATA_CONTRACT.md)")
     parser.add_argument("--day", required=True, type=_day_arg, help="the day to check, YYYY-MM-DD")
     parser.add_argument("--out", required=True, type=Path, help="report folder, replaced as a whole")
+    parser.add_argument("--window", type=Path, default=None,
+                        help="window manifest (run/window.json) naming the earlier days the drift checks "
+                             "compare with (default: the last validate.drift.window_days days in --data)")
     parser.add_argument("--params", type=Path, default=None,
                         help="params.yaml (default: ./params.yaml when present, else built-in defaults)")
 
@@ -552,7 +588,7 @@ def main(args: argparse.Namespace) -> int:
     noise = io.StringIO()
     try:
         with contextlib.redirect_stderr(noise):
-            outcome = run(args.data, args.day, args.out, params)
+            outcome = run(args.data, args.day, args.out, params, args.window)
     except ContractError as exc:
         print(f"validate: {args.day} ERROR {_one_line(exc, 2000)}", file=sys.stderr)
         sys.stderr.write(noise.getvalue())

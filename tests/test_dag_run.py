@@ -92,5 +92,5 @@ def test_bad_day_stops_at_validation_and_keeps_the_champion(dag, monkeypatch, tm
     assert reason, "the validate task did not fail with the rejection message"
     for word in expected:
         assert word in reason[0]
-    summary = json.loads((workspace / "work/validate/summary.json").read_text())
+    summary = json.loads((workspace / f"work/validate/dt={DAY}/summary.json").read_text())
     assert summary["success"] is False

@@ -27,8 +27,8 @@ def test_dvc_recorded_every_stage_for_the_day(completed_run):
 
 
 def test_validate_wrote_data_docs_and_passed(completed_run):
-    out = completed_run / "work/validate"
-    assert (out / "data_docs/index.html").is_file()
+    out = completed_run / f"work/validate/dt={DAY}"
+    assert (out / "data_docs/index.html").is_file() and (out / "report.html").is_file()
     assert load(out / "summary.json")["success"] is True
 
 
