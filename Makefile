@@ -22,7 +22,10 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	SIEVE_WORKSPACE=$(CURDIR)
 
-.PHONY: install demo test clean
+# The report test opens pages in Debian's headless Chromium.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser demo test clean
 
 install: $(STAMP)
 
@@ -42,7 +45,11 @@ demo: $(STAMP)
 	$(AIRFLOW_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/airflow dags test sieve_retrain $(RUN_DATE)
 	$(BIN)/python -m pipeline summary --workspace .
 
-test: $(STAMP)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
 clean:

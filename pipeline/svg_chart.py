@@ -53,8 +53,8 @@ def line_chart(title: str, points: list[tuple[str, float | None]], lines: list[t
         css = f"point today {status}" if i == len(points) - 1 else "point"
         parts.append(f'<circle class="{css}" cx="{x(i):.1f}" cy="{y(value):.1f}" r="3.5">'
                      f'<title>{escape(label)}: {_fmt(value)}</title></circle>')
-    for i in sorted({0, len(points) - 1}):
-        parts.append(f'<text class="axis" x="{x(i):.1f}" y="{HEIGHT - 10}" text-anchor="middle">'
+    for i, anchor in sorted({0: "start", len(points) - 1: "end"}.items()):
+        parts.append(f'<text class="axis" x="{x(i):.1f}" y="{HEIGHT - 10}" text-anchor="{anchor}">'
                      f'{escape(points[i][0][5:])}</text>')
     parts.append("</svg>")
     return "".join(parts)

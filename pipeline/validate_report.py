@@ -92,6 +92,12 @@ def chart_for(check: dict) -> str:
     return line_chart(check["statistic"], points, lines, status=check["status"])
 
 
+def _rule_row(r: dict) -> list[str]:
+    return [_cell(r["table"]), f"<code>{escape(r['rule'])}</code>",
+            f"<span class='{r['status']}'>{r['status']}</span>", _cell(r["unexpected_count"]),
+            _cell(", ".join(r["examples"] or []))]
+
+
 def render(report: dict) -> str:
     v = report["verdict"]
     counts = report["counts"]
@@ -99,7 +105,7 @@ def render(report: dict) -> str:
              f"<title>sieve data quality {escape(report['day'])}</title><style>{STYLE}</style></head><body>",
              f"<h1>Data quality for {escape(report['day'])} <span class='verdict {v}' id='verdict'>{v.upper()}</span></h1>",
              f"<p>{counts.get('rows')} impressions, {counts.get('catalog_rows')} catalog items; "
-             f"{counts.get('rules_checked')} rules checked, {counts.get('rules_failed')} failed or warned, "
+             f"{counts.get('rules_checked')} contract rules checked, {counts.get('rules_failed')} failed or warned, "
              f"{counts.get('quarantined_rows')} rows quarantined. "
              f"<a href='{report['links']['data_docs']}'>Great Expectations Data Docs</a> · "
              f"<a href='report.json'>report.json</a> · <a href='{report['links']['summary']}'>summary.json</a></p>"]
@@ -107,18 +113,6 @@ def render(report: dict) -> str:
         items = [f"<li class='failed'>{escape(f)}</li>" for f in report["failures"]]
         items += [f"<li class='warning'>{escape(w)}</li>" for w in report["warnings"]]
         parts.append(f"<h2>What needs attention</h2><ul id='attention'>{''.join(items)}</ul>")
-    parts.append("<h2>Contract rules</h2>")
-    parts.append(_table("rules", ["table", "rule", "status", "unexpected rows", "examples"], [
-        [_cell(r["table"]), f"<code>{escape(r['rule'])}</code>", f"<span class='{r['status']}'>{r['status']}</span>",
-         _cell(r["unexpected_count"]), _cell(", ".join(r["examples"] or []))] for r in report["rules"]]))
-    parts.append("<h2>Quarantined rows by rule</h2>")
-    if report["quarantine"]:
-        parts.append(_table("quarantine", ["rule", "rows", "examples"], [
-            [f"<code>{escape(q['rule'])}</code>", _cell(q["rows"]),
-             "<br>".join(escape(", ".join(f"{k}={v}" for k, v in ex.items() if v is not None))
-                         for ex in q["examples"])] for q in report["quarantine"]]))
-    else:
-        parts.append("<p id='quarantine'>No row broke a row-level rule.</p>")
     drift = report["drift"]
     parts.append("<h2>Statistics against the earlier days</h2>")
     if drift["skipped"]:
@@ -133,6 +127,24 @@ def render(report: dict) -> str:
              _cell(c["warn"]), _cell(c["fail"]), f"<span class='{c['status']}'>{c['status']}</span>"]
             for c in drift["checks"]]))
         parts.append("<div class='charts' id='charts'>" + "".join(chart_for(c) for c in drift["checks"]) + "</div>")
+    parts.append("<h2>Quarantined rows by rule</h2>")
+    if report["quarantine"]:
+        parts.append(_table("quarantine", ["rule", "rows", "examples"], [
+            [f"<code>{escape(q['rule'])}</code>", _cell(q["rows"]),
+             "<br>".join(escape(", ".join(f"{k}={v}" for k, v in ex.items() if v is not None))
+                         for ex in q["examples"])] for q in report["quarantine"]]))
+    else:
+        parts.append("<p id='quarantine'>No row broke a row-level rule.</p>")
+    parts.append("<h2>Contract rules</h2>")
+    flagged = [r for r in report["rules"] if r["status"] not in ("passed",)]
+    passed = [r for r in report["rules"] if r["status"] == "passed"]
+    headers = ["table", "rule", "status", "unexpected rows", "examples"]
+    if flagged:
+        parts.append(_table("rules", headers, [_rule_row(r) for r in flagged]))
+    else:
+        parts.append(f"<p id='rules'>All {len(passed)} rules passed.</p>")
+    parts.append(f"<details><summary>{len(passed)} rules passed</summary>"
+                 + _table("passed-rules", headers, [_rule_row(r) for r in passed]) + "</details>")
     parts.append("</body></html>\n")
     return "".join(parts)
 
