@@ -76,7 +76,17 @@ def dvc_env() -> dict:
     return env
 
 
+def missing_inputs(workspace: Path, day: str) -> list[str]:
+    """The day's raw folders that are not there yet (dvc.yaml reads them from data/raw)."""
+    raw = workspace / "data" / "raw"
+    return [str(p) for p in (raw / "impressions" / f"dt={day}", raw / "catalog" / f"dt={day}") if not p.is_dir()]
+
+
 def run_stage(workspace: Path, stage: str, day: str) -> int:
+    if stage == "validate" and (missing := missing_inputs(workspace, day)):
+        # Not a rejection: the day may still land, so the caller may retry.
+        print(f"repro: no data for {day} yet: {', '.join(missing)} missing", file=sys.stderr)
+        return 1
     if stage == "validate":
         # A stale verdict must not be mistaken for today's.
         (validate_dir(workspace, day) / "summary.json").unlink(missing_ok=True)
