@@ -95,11 +95,12 @@ class ValidationOutcome:
     quarantined_rows: int
     report_dir: str
     details: tuple[str, ...] = ()  # one line per failed or tolerated rule, with more examples
+    sources: tuple[tuple[str, str], ...] = ()  # (table, the file or folder it was read from)
 
     def headline(self) -> str:
-        """One line: on failure it names every failed rule, its column(s) and table."""
+        """One line: on failure it names every failed rule, its column(s), table and file."""
         if not self.success:
-            return f"validate: {self.day} FAILED {_join_by_table(self.failures)}"
+            return f"validate: {self.day} FAILED {_join_by_table(self.failures, dict(self.sources))}"
         text = f"validate: {self.day} OK {self.rows} rows, {self.catalog_rows} catalog items, " \
                f"{self.rules_checked} rules"
         if self.warnings:
@@ -107,12 +108,22 @@ class ValidationOutcome:
         return text
 
 
-def _join_by_table(items: tuple[str, ...]) -> str:
+def _join_by_table(items: tuple[str, ...], sources: dict[str, str] | None = None) -> str:
     by_table: dict[str, list[str]] = {}
     for item in items:
         table, _, text = item.partition(": ")
         by_table.setdefault(table, []).append(text)
-    return " | ".join(f"{table}: " + "; ".join(texts) for table, texts in by_table.items())
+    sources = sources or {}
+    return " | ".join(f"{table}" + (f" ({sources[table]})" if table in sources else "") + ": " + "; ".join(texts)
+                      for table, texts in by_table.items())
+
+
+def _sources(data_dir: Path, day: str, data: DayData) -> tuple[tuple[str, str], ...]:
+    paths = DayPaths(data_dir, day)
+    parts = data.schemas[IMPRESSIONS]
+    impressions = str(paths.impressions_dir / parts[0][0]) if len(parts) == 1 else \
+        f"{paths.impressions_dir}/ ({len(parts)} files)"
+    return ((IMPRESSIONS, impressions), (IN_CATALOG, impressions), (CATALOG, str(paths.catalog_file)))
 
 
 @dataclass
@@ -548,7 +559,8 @@ def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None
         day=day, success=success, failures=failures, warnings=warnings,
         rows=len(data.impressions), catalog_rows=len(data.catalog),
         rules_checked=metrics["rules_checked"], rules_failed=metrics["rules_failed"],
-        quarantined_rows=quarantined, report_dir=str(out_dir), details=details)
+        quarantined_rows=quarantined, report_dir=str(out_dir), details=details,
+        sources=_sources(Path(data_dir), day, data))
 
 
 # ---------------------------------------------------------------- CLI

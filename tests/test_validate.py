@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,7 +111,12 @@ def run_broken(tmp_path, capsys, impressions=None, catalog=None, **kwargs):
     data = write_day(tmp_path / "data", impressions, catalog, **kwargs)
     code, out = cli(tmp_path, data)
     err = capsys.readouterr().err.splitlines()
-    return code, (err[0] if err else ""), out
+    first = err[0] if err else ""
+    if " FAILED " in first:
+        # The headline names the file each failing table was read from.
+        named = re.findall(r"(?:impressions|catalog) \(([^)]*)\):", first)
+        assert named and all(name.startswith(str(data)) for name in named), first
+    return code, re.sub(r" \([^)]*\):", ":", first), out
 
 
 def summary(out: Path) -> dict:
