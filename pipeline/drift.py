@@ -159,16 +159,20 @@ def describe(statistic: str, value: float, baseline: float | None, amount: float
             f"(warn at {rule['warn'] * scale:g}{unit}, fail at {rule['fail'] * scale:g}{unit})")
 
 
-def drift_report(data_dir: str | Path, day: str, today_frame: pd.DataFrame, earlier_days: list[str],
-                 cfg: dict) -> dict:
-    """Statistics of the day and its window, and one check per statistic that has a rule."""
-    frames = []
-    unreadable = []
+def load_window(data_dir: str | Path, earlier_days: list[str]) -> tuple[list[tuple[str, pd.DataFrame]], list[str]]:
+    """The earlier days' impressions, oldest first, and the days that could not be read."""
+    frames, unreadable = [], []
     for earlier in earlier_days:
         try:
             frames.append((earlier, read_impressions(data_dir, earlier)))
         except ContractError as exc:
             unreadable.append(f"{earlier}: {exc}")
+    return frames, unreadable
+
+
+def drift_report(day: str, today_frame: pd.DataFrame, frames: list[tuple[str, pd.DataFrame]],
+                 unreadable: list[str], cfg: dict) -> dict:
+    """Statistics of the day and its window, and one check per statistic that has a rule."""
     series = statistics_over([*frames, (day, today_frame)], int(cfg["positions"]))
     history, today = series[:-1], series[-1]
     checks = [check(name, today, history, rule, int(cfg["min_history_days"]))

@@ -482,20 +482,56 @@ def _readable(folder: Path) -> None:
 DRIFT_COLUMNS = ("clicked", "purchased", "position", "item_id", "query", "price")
 
 
-def _drift(data_dir: Path, day: str, data: DayData, checks: list[Check], section: dict,
-           window_file: str | Path | None) -> dict:
+@dataclass
+class Window:
+    """The earlier days the day is compared with (drift, and event_id uniqueness across days)."""
+
+    frames: list[tuple[str, pd.DataFrame]]
+    unreadable: list[str]
+
+
+def _window(data_dir: Path, day: str, section: dict, window_file: str | Path | None) -> Window | None:
     cfg = section.get("drift")
     if not cfg:
+        return None
+    if window_file is not None:
+        earlier = [entry["day"] for entry in json.loads(Path(window_file).read_text())["previous"]]
+    else:
+        earlier = drift.previous_days(data_dir, day, int(cfg["window_days"]))
+    return Window(*drift.load_window(data_dir, earlier))
+
+
+def _unique_across_days(data: DayData, window: Window | None, usable: bool) -> Check:
+    """DATA_CONTRACT.md: event_id is unique across all days; checked against the window's days."""
+    check = Check(IMPRESSIONS, "event_id unique across days (the drift window)", "event_id_unique_across_days",
+                  ["event_id"], ROW, "window")
+    if window is None or not usable:
+        check.status = SKIPPED
+        check.detail = "no window of earlier days" if usable else "not run: event_id missing or of the wrong type"
+        return check
+    first_seen: dict = {}
+    for earlier, frame in window.frames:
+        first_seen.update((event_id, earlier) for event_id in frame["event_id"].dropna() if event_id not in first_seen)
+    repeated = data.impressions["event_id"].isin(first_seen.keys())
+    check.unexpected_count = int(repeated.sum())
+    check.unexpected_percent = 100.0 * check.unexpected_count / max(len(repeated), 1)
+    check.rows = list(data.impressions.index[repeated])
+    if check.unexpected_count:
+        check.status = FAILED
+        check.examples = [str(v) for v in data.impressions.loc[check.rows[:5], "event_id"]]
+        days = sorted({first_seen[e] for e in data.impressions.loc[check.rows, "event_id"]})
+        check.detail = f"already logged on {', '.join(days[:5])}" + (" and more" if len(days) > 5 else "")
+    return check
+
+
+def _drift(day: str, data: DayData, checks: list[Check], section: dict, window: Window | None) -> dict:
+    if window is None:
         return {"skipped": "no validate.drift section in params", "checks": [], "statistics": []}
     broken = sorted({col for c in checks if c.table == IMPRESSIONS and c.level != ROW and c.status == FAILED
                      for col in c.columns if col in DRIFT_COLUMNS})
     if broken:
         return {"skipped": f"column(s) {', '.join(broken)} broken", "checks": [], "statistics": []}
-    if window_file is not None:
-        earlier = [entry["day"] for entry in json.loads(Path(window_file).read_text())["previous"]]
-    else:
-        earlier = drift.previous_days(data_dir, day, int(cfg["window_days"]))
-    return drift.drift_report(data_dir, day, data.impressions, earlier, cfg)
+    return drift.drift_report(day, data.impressions, window.frames, window.unreadable, section["drift"])
 
 
 def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None = None,
@@ -516,6 +552,10 @@ def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None
     with atomic_dir(out_dir) as tmp:
         _readable(tmp)
         checks = check_day(data, day, section, tmp / "data_docs")
+        window = _window(Path(data_dir), day, section, window_file)
+        event_id_ok = not any(c.table == IMPRESSIONS and c.level != ROW and c.status == FAILED
+                              and "event_id" in c.columns for c in checks)
+        checks.append(_unique_across_days(data, window, event_id_ok))
         frames = {IMPRESSIONS: data.impressions, CATALOG: data.catalog}
         tables = _tolerate(checks, frames, float(section["max_bad_fraction"]))
         quarantines = {}
@@ -530,7 +570,7 @@ def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None
         warnings = tuple(c.text() for c in _order_for_headline([c for c in checks if c.status == WARNING]))
         details = tuple(f"{c.status} " + c.text(examples=section["examples"], percent=True)
                         for c in _order_for_headline([c for c in checks if c.status in (FAILED, WARNING)]))
-        drift = _drift(Path(data_dir), day, data, checks, section, window_file)
+        drift = _drift(day, data, checks, section, window)
         for status, bucket in ((FAILED, "failures"), (WARNING, "warnings")):
             lines = tuple(f"drift: {c['detail']}" for c in drift["checks"] if c["status"] == status)
             if bucket == "failures":

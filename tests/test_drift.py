@@ -157,3 +157,19 @@ def test_report_renders_in_headless_chromium(clean_days, tmp_path):
     subprocess.run([chromium(), *flags, "--window-size=1200,1600", f"--screenshot={shot}", page],
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_event_id_logged_on_an_earlier_day_is_rejected(clean_days, tmp_path):
+    earlier = pq.read_table(impression_parts(DayPaths(clean_days, "2026-11-03"))[0]).to_pandas()
+
+    def reuse_ids(frame):
+        frame.loc[frame.index[:3], "event_id"] = earlier["event_id"].iloc[:3].to_numpy()
+        return frame
+
+    data = variant(clean_days, tmp_path, reuse_ids)
+    result, summary, _ = validate(data, tmp_path / "report")
+    assert result.returncode == 1
+    first_line = result.stderr.splitlines()[0]
+    assert "event_id unique across days" in first_line and "already logged on 2026-11-03" in first_line
+    quarantine = pq.read_table(tmp_path / "report" / "quarantine.parquet").to_pandas()
+    assert sorted(quarantine["event_id"]) == sorted(earlier["event_id"].iloc[:3])
