@@ -1,4 +1,7 @@
-"""One day's training data as the modelling stages see it: rows, features and the time split."""
+"""A log as the modelling stages see it: rows, features and the time split.
+
+One day (the retrain) or several (the importance command on any folder in the contract's layout).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import embeddings, features
-from pipeline.contract import read_catalog, read_impressions
+from pipeline.contract import ContractError, read_catalog, read_impressions
 
 
 @dataclass
@@ -27,8 +30,48 @@ class DayData:
         return np.flatnonzero(self.holdout)
 
 
-def load_day(data_dir: str | Path, day: str, embeddings_dir: str | Path, params: dict) -> DayData:
-    impressions = read_impressions(data_dir, day)
-    catalog = read_catalog(data_dir, day)
-    x = features.build(impressions, catalog, embeddings.load(embeddings_dir), params["ranker"]["max_position"])
+def days_in(data_dir: str | Path) -> list[str]:
+    days = sorted(p.name[3:] for p in (Path(data_dir) / "impressions").glob("dt=*") if p.is_dir())
+    if not days:
+        raise ContractError(f"{data_dir}: no impressions/dt=YYYY-MM-DD folders")
+    return days
+
+
+def embed_with_base(texts: list[str], params: dict) -> embeddings.EmbeddingTable:
+    """Embeddings from the base encoder in params, for a log that has no pretrain output."""
+    from pipeline import encoder as enc
+    from pipeline.compute import setup
+    from pipeline.params import stage_seed
+
+    cfg = params["pretrain"]
+    device = setup(params, stage_seed(params, "embed"))
+    tokenizer, model = enc.load_base(cfg["base_model"], cfg.get("tiny_bert", {}), stage_seed(params, "pretrain"))
+    vectors = enc.embed(model.base_model, tokenizer, texts, cfg["max_length"], cfg["embed_batch_size"], device)
+    return embeddings.EmbeddingTable(texts, vectors)
+
+
+def load_log(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path | None,
+             params: dict) -> DayData:
+    """Impressions of `days` (default: every day in the folder) with each day's catalog.
+
+    Without `embeddings_dir` the texts are embedded with the base encoder named in params.
+    """
+    days = days or days_in(data_dir)
+    frames = [read_impressions(data_dir, day) for day in days]
+    impressions = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if impressions.empty:
+        raise ValueError(f"{data_dir}: the log has no impressions for {', '.join(days)}")
+    catalogs = [read_catalog(data_dir, day) for day in days]
+    # The latest day's row wins for an item listed on several days.
+    catalog = pd.concat(catalogs[::-1], ignore_index=True).drop_duplicates("item_id").reset_index(drop=True)
+    if embeddings_dir is not None:
+        table = embeddings.load(embeddings_dir)
+    else:
+        texts = sorted(set(catalog["title"].dropna()) | set(impressions["query"].dropna()))
+        table = embed_with_base(texts, params)
+    x = features.build(impressions, catalog, table, params["ranker"]["max_position"])
     return DayData(impressions, catalog, x, features.holdout_mask(impressions, params["split"]["holdout_fraction"]))
+
+
+def load_day(data_dir: str | Path, day: str, embeddings_dir: str | Path, params: dict) -> DayData:
+    return load_log(data_dir, [day], embeddings_dir, params)

@@ -57,6 +57,14 @@ def build(impressions: pd.DataFrame, catalog: pd.DataFrame, table: EmbeddingTabl
         price.isna().to_numpy(dtype=np.float64),
         (impressions["surface"] == "search").to_numpy(dtype=np.float64),
     ]).astype(np.float32)
+    for name, block in (("query embedding", query), ("title embedding", title)):
+        if not np.isfinite(block).all():
+            raise ValueError(f"{name} is not finite for {int((~np.isfinite(block).all(axis=1)).sum())} rows")
+    for i, name in enumerate(DENSE_FEATURES):
+        bad = ~np.isfinite(dense[:, i])
+        if bad.any():
+            raise ValueError(f"feature {name} is not finite for {int(bad.sum())} rows, "
+                             f"e.g. event_id {impressions['event_id'].iloc[int(np.argmax(bad))]}")
     position = impressions["position"].to_numpy(dtype=np.int64).clip(1, max_position)
     return Features(
         query=torch.from_numpy(query),

@@ -25,7 +25,7 @@ def score(ctx: Context) -> pd.DataFrame:
     k = int(cfg["folds"])
     if k < 2:
         raise ValueError(f"importance.folds must be at least 2, got {k}")
-    day = ctx.day
+    day = ctx.data
     train = day.train_index
     folds = request_folds(day.impressions["request_id"].iloc[train], k, ctx.seed)
     loss = np.zeros(len(day.impressions), dtype=np.float64)

@@ -5,6 +5,7 @@ Interface: `score(ctx: Context) -> DataFrame(event_id, score)`, higher = more tr
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,13 +14,15 @@ import pandas as pd
 from pipeline.dataset import DayData
 
 COST_CLASSES = ("forward-only", "per-sample-gradients", "retraining")
-# Modules that hold estimators; importing one registers what it defines.
-ESTIMATOR_MODULES = ("pipeline.importance.oof_loss",)
+# Modules of this package that hold no estimator; every other module is imported to register its own.
+NOT_ESTIMATORS = {"registry", "stage", "weights"}
 
 
 @dataclass
 class Context:
-    day: DayData
+    """What an estimator gets: the log (rows, features, time split), params, a seed and a device."""
+
+    data: DayData
     params: dict
     seed: int
     device: str
@@ -46,8 +49,10 @@ def register(name: str, cost_class: str):
 
 
 def available() -> dict[str, Estimator]:
-    for module in ESTIMATOR_MODULES:
-        importlib.import_module(module)
+    package = importlib.import_module("pipeline.importance")
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in NOT_ESTIMATORS and not module.name.startswith("_"):
+            importlib.import_module(f"pipeline.importance.{module.name}")
     return dict(_REGISTRY)
 
 
