@@ -58,3 +58,31 @@ def line_chart(title: str, points: list[tuple[str, float | None]], lines: list[t
                      f'{escape(points[i][0][5:])}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def histogram(title: str, values, bins: int = 30) -> str:
+    """Bars of a value distribution (counts per equal-width bin)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return line_chart(title, [])
+    counts, edges = np.histogram(values, bins=bins)
+    plot_w, plot_h = WIDTH - PAD_LEFT - PAD_RIGHT, HEIGHT - PAD_TOP - PAD_BOTTOM
+    top = max(int(counts.max()), 1)
+    width = plot_w / len(counts)
+    parts = [f'<svg class="chart" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" '
+             f'role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>',
+             f'<text class="chart-title" x="{PAD_LEFT}" y="14">{escape(title)}</text>',
+             f'<rect class="frame" x="{PAD_LEFT}" y="{PAD_TOP}" width="{plot_w}" height="{plot_h}"/>',
+             f'<text class="axis" x="{PAD_LEFT - 4}" y="{PAD_TOP + 10}" text-anchor="end">{top}</text>']
+    for i, count in enumerate(counts):
+        h = plot_h * count / top
+        parts.append(f'<rect class="bar" x="{PAD_LEFT + i * width:.1f}" y="{PAD_TOP + plot_h - h:.1f}" '
+                     f'width="{max(width - 1, 0.5):.1f}" height="{h:.1f}"><title>{_fmt(edges[i])} to '
+                     f'{_fmt(edges[i + 1])}: {count}</title></rect>')
+    parts.append(f'<text class="axis" x="{PAD_LEFT}" y="{HEIGHT - 10}" text-anchor="start">{_fmt(edges[0])}</text>')
+    parts.append(f'<text class="axis" x="{WIDTH - PAD_RIGHT}" y="{HEIGHT - 10}" text-anchor="end">'
+                 f'{_fmt(edges[-1])}</text></svg>')
+    return "".join(parts)

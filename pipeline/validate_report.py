@@ -7,41 +7,13 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.atomic import dumps_json
+from pipeline.html_page import cell as _cell
+from pipeline.html_page import page
+from pipeline.html_page import table as _table
 from pipeline.svg_chart import line_chart
 
 EXAMPLE_COLUMNS = ("event_id", "item_id", "request_id", "position", "clicked", "purchased", "ts", "query")
 EXAMPLES_PER_RULE = 3
-
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#1d2430;max-width:1200px}
-h1{font-size:22px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #dde}
-table{border-collapse:collapse;font-size:13px;width:100%} th,td{border:1px solid #dde;padding:4px 6px;text-align:left;vertical-align:top}
-th{background:#f3f5f9} .verdict{padding:2px 8px;border-radius:4px;color:#fff;font-size:15px}
-.passed{color:#17703a} .warning{color:#9a6700} .failed{color:#b42318} .skipped{color:#667}
-.verdict.passed{background:#17703a;color:#fff} .verdict.warning{background:#9a6700;color:#fff} .verdict.failed{background:#b42318;color:#fff}
-.charts{display:flex;flex-wrap:wrap;gap:12px} .chart{border:1px solid #eef;background:#fff}
-.chart .frame{fill:#fbfcfe;stroke:#dde} .chart .series{fill:none;stroke:#3056d3;stroke-width:1.6}
-.chart .point{fill:#3056d3} .chart .point.today.failed{fill:#b42318} .chart .point.today.warning{fill:#9a6700}
-.chart .point.today.passed{fill:#17703a} .chart .threshold{stroke-dasharray:4 3;stroke-width:1}
-.chart .threshold.warn{stroke:#d4a017} .chart .threshold.fail{stroke:#b42318}
-.chart text{font-size:10px;fill:#556} .chart .chart-title{font-size:11px;fill:#1d2430;font-weight:600}
-code{font-size:12px}
-"""
-
-
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return escape(str(value))
-
-
-def _table(table_id: str, headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
 
 def quarantine_summary(quarantine: pd.DataFrame) -> list[dict]:
     """Per rule: how many rows broke it and a few of them."""
@@ -101,9 +73,7 @@ def _rule_row(r: dict) -> list[str]:
 def render(report: dict) -> str:
     v = report["verdict"]
     counts = report["counts"]
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-             f"<title>sieve data quality {escape(report['day'])}</title><style>{STYLE}</style></head><body>",
-             f"<h1>Data quality for {escape(report['day'])} <span class='verdict {v}' id='verdict'>{v.upper()}</span></h1>",
+    parts = [f"<h1>Data quality for {escape(report['day'])} <span class='verdict {v}' id='verdict'>{v.upper()}</span></h1>",
              f"<p>{counts.get('rows')} impressions, {counts.get('catalog_rows')} catalog items; "
              f"{counts.get('rules_checked')} contract rules checked, {counts.get('rules_failed')} failed or warned, "
              f"{counts.get('quarantined_rows')} rows quarantined. "
@@ -145,8 +115,7 @@ def render(report: dict) -> str:
         parts.append(f"<p id='rules'>All {len(passed)} rules passed.</p>")
     parts.append(f"<details><summary>{len(passed)} rules passed</summary>"
                  + _table("passed-rules", headers, [_rule_row(r) for r in passed]) + "</details>")
-    parts.append("</body></html>\n")
-    return "".join(parts)
+    return page(f"sieve data quality {report['day']}", parts)
 
 
 def write(folder: Path, summary: dict, quarantine: pd.DataFrame, metrics: dict) -> dict:

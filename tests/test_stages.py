@@ -64,6 +64,23 @@ def test_importance_scores_and_weights_every_event(completed_run):
         assert (np.diff(ordered) >= -1e-12).all()
 
 
+def test_importance_report_summarises_and_pseudonymises(completed_run):
+    out = completed_run / "work/importance"
+    report = load(out / "report.json")
+    impressions = read_impressions(completed_run / "data/raw", DAY)
+    assert report["events"] == len(impressions) and report["estimator"] == "oof_loss"
+    assert len(report["lowest"]) == 20
+    assert [r["score"] for r in report["lowest"]] == sorted(r["score"] for r in report["lowest"])
+    assert {r["surface"] for r in report["by_surface"]} == set(impressions["surface"])
+    assert sum(r["rows"] for r in report["by_position"]) == len(impressions)
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and 'id="lowest"' in html
+    # No raw user id leaves the report: only salted pseudonyms.
+    raw_ids = set(impressions["user_id"])
+    assert not any(user_id in html for user_id in raw_ids)
+    assert all(r["user"].startswith("user-") for r in report["lowest"])
+
+
 def test_train_saved_safetensors_that_predict(completed_run):
     model = ranker.load(completed_run / "work/train/model")
     assert (completed_run / "work/train/model/ranker.safetensors").is_file()

@@ -74,9 +74,12 @@ def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path
         table.to_parquet(tmp, index=False)
         tmp.replace(out)
     else:
+        from pipeline import importance_report
+
         with atomic_dir(out) as tmp:
             table.to_parquet(tmp / SCORES_FILE, index=False)
             write_json_atomic(tmp / "metrics.json", metrics)
+            importance_report.write(tmp, table, data.impressions, data.catalog, estimator.name, cfg["report"])
     print(f"importance: {estimator.name} scored {len(table)} events in {seconds:.1f}s; "
           f"weights p10={metrics['weight_quantiles']['p10']} p90={metrics['weight_quantiles']['p90']}")
     return table
