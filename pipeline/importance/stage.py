@@ -45,7 +45,7 @@ def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path
     from pipeline.compute import setup
     from pipeline.dataset import load_log
     from pipeline.importance import registry
-    from pipeline.importance.weights import to_weights
+    from pipeline.importance.weights import transform
 
     cfg = params["importance"]
     estimator = registry.get(estimator_name or cfg["estimator"])
@@ -64,7 +64,7 @@ def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path
         raise RuntimeError(f"estimator {estimator.name!r} left {len(bad)} events without a finite score, "
                            f"e.g. {bad.iloc[0]}")
     groups = data.impressions[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
-    table["weight"] = to_weights(table["score"].to_numpy(), cfg["temperature"], tuple(cfg["clip"]), groups)
+    table["weight"] = transform(table["score"].to_numpy(), cfg, groups, data.impressions["session_id"].to_numpy())
     table["split"] = np.where(data.holdout, "holdout", "train")
     metrics = summarise(table, estimator.name, estimator.cost_class)
     out = Path(out)

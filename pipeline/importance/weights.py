@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 def to_weights(scores: np.ndarray, temperature: float, clip: tuple[float, float],
@@ -25,3 +26,44 @@ def to_weights(scores: np.ndarray, temperature: float, clip: tuple[float, float]
         clipped = np.clip(raw / raw.mean(), low, high)
         weights[rows] = clipped / clipped.mean()
     return weights
+
+
+def normalise(scores: np.ndarray, how: str, groups: np.ndarray) -> np.ndarray:
+    """Put estimators on one scale before the temperature: ranks in (0, 1] or z-scores, per group."""
+    if how == "none":
+        return scores
+    if how not in ("rank", "zscore"):
+        raise ValueError(f"importance.normalise must be none, rank or zscore, got {how!r}")
+    out = np.empty(len(scores), dtype=np.float64)
+    for group in np.unique(groups):
+        rows = groups == group
+        values = scores[rows]
+        if how == "rank":
+            out[rows] = (np.argsort(np.argsort(values, kind="stable"), kind="stable") + 1) / len(values)
+        else:
+            spread = values.std()
+            out[rows] = (values - values.mean()) / (spread if spread > 0 else 1.0)
+    return out
+
+
+def transform(scores: np.ndarray, cfg: dict, groups: np.ndarray | None = None,
+              sessions: np.ndarray | None = None) -> np.ndarray:
+    """The weight transform of params (importance section), in order: normalise, temperature and clip
+    (to_weights), zero weight for the lowest `drop_lowest_percent` of scores and for every row of the
+    sessions whose mean score is in the lowest `drop_sessions_percent`, then mean 1 again."""
+    scores = np.asarray(scores, dtype=np.float64)
+    groups = np.zeros(len(scores), dtype=np.int64) if groups is None else np.asarray(groups)
+    scaled = normalise(scores, cfg.get("normalise", "none"), groups)
+    weights = to_weights(scaled, cfg["temperature"], tuple(cfg["clip"]), groups)
+    drop = float(cfg.get("drop_lowest_percent", 0))
+    if drop > 0:
+        weights[pd.Series(scores).rank(method="first", pct=True).to_numpy() <= drop / 100] = 0.0
+    drop_sessions = float(cfg.get("drop_sessions_percent", 0))
+    if drop_sessions > 0 and sessions is not None:
+        sessions = pd.Series(np.asarray(sessions))
+        rank = pd.Series(scores).groupby(sessions).mean().rank(method="first", pct=True)
+        weights[sessions.map(rank).to_numpy() <= drop_sessions / 100] = 0.0
+    if not weights.any():
+        raise ValueError("the weight transform gave every row weight 0; lower drop_lowest_percent or "
+                         "drop_sessions_percent")
+    return weights / weights.mean()
