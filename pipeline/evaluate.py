@@ -18,13 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder: metrics.json, calibration.csv")
 
 
-def score_rows(predictions: dict, impressions, k: int) -> dict:
+def score_rows(predictions: dict, impressions, k: int, bins: int) -> dict:
     clicked = impressions["clicked"].to_numpy()
     purchased = impressions["purchased"].to_numpy()
     gains = 2.0 ** (clicked + purchased) - 1.0
     values = {
         "auc_click": m.auc(clicked, predictions["p_click"]),
         "logloss_click": m.logloss(clicked, predictions["p_click"]),
+        "ece_click": m.ece(clicked, predictions["p_click"], bins),
         "auc_purchase": m.auc(purchased, predictions["p_purchase"]),
         f"ndcg_at_{k}": m.ndcg_at_k(impressions["request_id"].to_numpy(), gains, predictions["score"], k),
     }
@@ -68,14 +69,14 @@ def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, p
     candidate = ranker.predict(ranker.load(model_dir), data.x.subset(rows), device, with_position=True)
     champion = read_json(baseline_file)["champion"]
     result = {"day": day, "rows": int(len(impressions)), "requests": int(impressions["request_id"].nunique()),
-              "candidate": score_rows(candidate, impressions, cfg["ndcg_k"]),
+              "candidate": score_rows(candidate, impressions, cfg["ndcg_k"], cfg["calibration_bins"]),
               "champion": None, "champion_id": None,
               # The logged order, for reference; position bias flatters it on logged clicks.
               "logging_policy": {f"ndcg_at_{cfg['ndcg_k']}": logged_order_ndcg(impressions, cfg["ndcg_k"])}}
     if champion is not None:
         predictions = champion_predictions(champion, params["registry"]["dir"], impressions, data.catalog,
                                            params, device)
-        result["champion"] = score_rows(predictions, impressions, cfg["ndcg_k"])
+        result["champion"] = score_rows(predictions, impressions, cfg["ndcg_k"], cfg["calibration_bins"])
         result["champion_id"] = champion["model_id"]
     with atomic_dir(out_dir) as tmp:
         write_json_atomic(tmp / "metrics.json", result)

@@ -49,3 +49,11 @@ def calibration_table(labels: np.ndarray, probabilities: np.ndarray, bins: int) 
     table = frame.groupby("bin").agg(predicted=("predicted", "mean"), observed=("observed", "mean"),
                                      rows=("observed", "size")).reset_index()
     return table.round(6)
+
+
+def ece(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float | None:
+    """Expected calibration error: the row-weighted gap between predicted and observed rates per bin."""
+    if len(labels) == 0:
+        return None
+    table = calibration_table(labels, probabilities, bins)
+    return float((table["rows"] * (table["predicted"] - table["observed"]).abs()).sum() / table["rows"].sum())

@@ -42,6 +42,9 @@ class Ranker(nn.Module):
         self.click_head = nn.Linear(config.hidden, 1)
         self.conversion_head = nn.Linear(config.hidden, 1)
         self.position_bias = nn.Embedding(config.max_position + 1, 1)
+        # Platt scaling (a, b) of the click logit, fitted after weighted training: weights move the
+        # model's base rate, the calibration slice (unweighted) puts probabilities back on the log's scale.
+        self.register_buffer("click_calibration", torch.tensor([1.0, 0.0]))
         nn.init.zeros_(self.position_bias.weight)
 
     def forward(self, x: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,7 +129,8 @@ def predict(model: Ranker, x: Features, device: str, with_position: bool,
     for start in range(0, len(x), batch_size):
         batch = x.subset(torch.arange(start, min(start + batch_size, len(x)))).to(device)
         free_logit, bias_logit, cvr_logit = model(batch)
-        p_click = torch.sigmoid(free_logit + bias_logit if with_position else free_logit)
+        a, b = model.click_calibration
+        p_click = torch.sigmoid(a * (free_logit + bias_logit if with_position else free_logit) + b)
         p_cvr = torch.sigmoid(cvr_logit)
         parts["p_click"].append(p_click.cpu().numpy())
         parts["p_purchase"].append((p_click * p_cvr).cpu().numpy())
@@ -157,5 +161,32 @@ def load(directory: str | Path) -> Ranker:
     directory = Path(directory)
     config = RankerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
     model = Ranker(config)
-    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    state = load_file(str(directory / WEIGHTS_FILE))
+    # Models saved before calibration existed are uncalibrated: the identity.
+    state.setdefault("click_calibration", torch.tensor([1.0, 0.0]))
+    model.load_state_dict(state)
     return model.eval()
+
+
+def calibrate(model: Ranker, x: Features, device: str, steps: int = 50) -> tuple[float, float]:
+    """Fit Platt scaling of the click logit (at the logged position) on `x`, unweighted; store it."""
+    model.to(device).eval()
+    with torch.no_grad():
+        logits = torch.cat([sum(model(x.subset(torch.arange(s, min(s + 8192, len(x)))).to(device))[:2])
+                            for s in range(0, len(x), 8192)])
+    labels = x.click.to(device)
+    params = torch.tensor([1.0, 0.0], device=device, requires_grad=True)
+    optimizer = torch.optim.LBFGS([params], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(params[0] * logits + params[1], labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    a, b = (float(v) for v in params.detach().cpu())
+    if not (a > 0 and np.isfinite(a) and np.isfinite(b)):
+        a, b = 1.0, 0.0  # a degenerate slice (one class, say) must not flip or break the ranking
+    model.click_calibration.copy_(torch.tensor([a, b]))
+    return a, b

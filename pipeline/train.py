@@ -30,32 +30,50 @@ def aligned_weights(event_ids: pd.Series, weights_file: str | Path):
     return weights.to_numpy()
 
 
+def _round(value):
+    return None if value is None else round(value, 6)
+
+
 def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict) -> dict:
     from pipeline import ranker
     from pipeline.compute import setup
     from pipeline.dataset import load_day
+    from pipeline.features import holdout_mask
+    from pipeline.metrics import ece
 
     cfg = params["train"]
     seed = stage_seed(params, "train")
     device = setup(params, seed)
     data = load_day(data_dir, day, embeddings_dir, params)
-    rows = data.train_index
+    # The training slice's last requests calibrate; the rest trains, weighted.
+    in_train = data.impressions.iloc[data.train_index].reset_index(drop=True)
+    calibration_mask = holdout_mask(in_train, cfg["calibration_fraction"])
+    rows, calibration_rows = data.train_index[~calibration_mask], data.train_index[calibration_mask]
     weights = aligned_weights(data.impressions["event_id"].iloc[rows].reset_index(drop=True), weights_file)
     train_x = data.x.subset(rows)
     model = ranker.new_model(data.x.query.shape[1], params["ranker"], seed, train_x)
     started = time.perf_counter()
     with tqdm(total=len(rows) * cfg["epochs"], desc="train", unit="row", unit_scale=True) as bar:
         history = ranker.fit(model, train_x, weights, cfg, seed, device, cfg["epochs"], progress=bar)
+    calibration_x = data.x.subset(calibration_rows)
+    ece_before = ece(calibration_x.click.numpy(), ranker.predict(model, calibration_x, device, True)["p_click"],
+                     params["evaluate"]["calibration_bins"])
+    a, b = ranker.calibrate(model, calibration_x, device)
+    ece_after = ece(calibration_x.click.numpy(), ranker.predict(model, calibration_x, device, True)["p_click"],
+                    params["evaluate"]["calibration_bins"])
     seconds = time.perf_counter() - started
     metrics = {"device": device, "epochs": len(history), "train_rows": int(len(rows)),
-               "final_weighted_loss": round(history[-1], 6)}
+               "calibration_rows": int(len(calibration_rows)), "final_weighted_loss": round(history[-1], 6),
+               "calibration": {"scale": round(a, 6), "shift": round(b, 6),
+                               "ece_before": _round(ece_before), "ece_after": _round(ece_after)}}
     with atomic_dir(out_dir) as tmp:
         ranker.save(model, tmp / "model")
         pd.DataFrame({"epoch": range(1, len(history) + 1), "weighted_loss": history}).to_csv(
             tmp / "loss.csv", index=False, float_format="%.6f")
         write_json_atomic(tmp / "metrics.json", metrics)
     print(f"train: {day} {len(rows)} rows x {len(history)} epochs on {device} in {seconds:.1f}s, "
-          f"weighted loss {history[0]:.4f} -> {history[-1]:.4f}")
+          f"weighted loss {history[0]:.4f} -> {history[-1]:.4f}; calibrated on {len(calibration_rows)} rows, "
+          f"ECE {metrics['calibration']['ece_before']} -> {metrics['calibration']['ece_after']}")
     return metrics
 
 

@@ -87,6 +87,10 @@ def test_train_saved_safetensors_that_predict(completed_run):
     loss = pd.read_csv(completed_run / "work/train/loss.csv")
     assert list(loss["epoch"]) == [1, 2]
     assert model.config.hidden == 32
+    calibration = load(completed_run / "work/train/metrics.json")["calibration"]
+    assert calibration["scale"] > 0
+    assert model.click_calibration.tolist() == [pytest.approx(calibration["scale"], abs=1e-5),
+                                                pytest.approx(calibration["shift"], abs=1e-5)]
 
 
 def test_evaluate_scored_the_held_out_slice(completed_run):
