@@ -77,6 +77,9 @@ def new_model(text_dim: int, cfg: dict, seed: int, data: Features | None = None)
                                 max_position=cfg["max_position"], dropout=cfg["dropout"]))
     if data is not None and len(data):
         model.position_bias.weight.data[:, 0] = position_log_odds(data, cfg["max_position"])
+        # Start at the log's click rate, not 0.5: early epochs then learn items, not the intercept.
+        rate = data.click.float().mean().clamp(1e-4, 1 - 1e-4)
+        model.click_head.bias.data.fill_(float(torch.logit(rate)))
     return model
 
 

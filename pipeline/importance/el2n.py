@@ -1,0 +1,71 @@
+"""EL2N: the L2 norm of the error vector (predicted probability minus label) of rankers trained only
+a few epochs, for the click and for the click-and-purchase (pCTR x pCVR) targets. Early in training
+a model fits the easy, consistent rows; rows still far off are hard or noisy, so the score is minus
+the mean norm.
+
+Cross-fitted like oof_loss: the training slice is split into k folds by request and each training
+row is scored by the fold model that never saw it; held-out rows by every fold model. The norm is
+averaged over the checkpoints (the states after the epochs listed in params)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline import ranker
+from pipeline.importance.grand import check_trainable, checkpoint_epochs, fit_checkpoints, knobs, positive_int
+from pipeline.importance.oof_loss import request_folds
+from pipeline.importance.registry import Context, register
+
+TARGETS = ("click", "purchase")
+NAME = "el2n"
+
+
+def error_norms(model: ranker.Ranker, x, targets: list[str], device: str, batch_size: int) -> np.ndarray:
+    """||p - y|| per row over the chosen targets, predicted at the logged position."""
+    pred = ranker.predict(model, x, device, with_position=True, batch_size=batch_size)
+    labels = {"click": x.click.numpy(), "purchase": x.purchase.numpy()}
+    probs = {"click": pred["p_click"], "purchase": pred["p_purchase"]}
+    sq = sum((probs[t].astype(np.float64) - labels[t]) ** 2 for t in targets)
+    return np.sqrt(sq)
+
+
+def el2n_targets(cfg: dict) -> list[str]:
+    targets = cfg.get("targets")
+    if not isinstance(targets, list) or not targets or not set(targets) <= set(TARGETS):
+        raise ValueError(f"importance.estimators.{NAME}.targets must be a non-empty list drawn from {TARGETS}, "
+                         f"got {targets!r}")
+    return [t for t in TARGETS if t in targets]
+
+
+@register(NAME, cost_class="retraining")
+def score(ctx: Context) -> pd.DataFrame:
+    cfg = knobs(ctx, NAME)
+    k = positive_int(cfg, "folds", NAME)
+    if k < 2:
+        raise ValueError(f"importance.estimators.{NAME}.folds must be at least 2, got {k}")
+    epochs = checkpoint_epochs(cfg, NAME)
+    targets = el2n_targets(cfg)
+    batch_size = positive_int(cfg, "batch_size", NAME)
+    day = ctx.data
+    train = day.train_index
+    requests = day.impressions["request_id"].iloc[train]
+    if requests.nunique() < k:
+        raise ValueError(f"{NAME}: the training slice has {requests.nunique()} requests, fewer than "
+                         f"importance.estimators.{NAME}.folds={k}")
+    folds = request_folds(requests, k, ctx.seed)
+    norm = np.zeros(len(day.impressions), dtype=np.float64)
+    holdout_x = day.x.subset(day.holdout_index)
+    holdout_sum = np.zeros(len(day.holdout_index), dtype=np.float64)
+    for fold in range(k):
+        fit_rows, score_rows = train[folds != fold], train[folds == fold]
+        fit_x = day.x.subset(fit_rows)
+        check_trainable(fit_x, f"{NAME}: fold {fold}'s training rows")
+        score_x = day.x.subset(score_rows)
+        models = fit_checkpoints(ctx, fit_x, ctx.seed + fold, epochs)
+        norm[score_rows] = np.mean([error_norms(m, score_x, targets, ctx.device, batch_size) for m in models], 0)
+        # The held-out slice is out-of-sample for every fold model: average them all.
+        for m in models:
+            holdout_sum += error_norms(m, holdout_x, targets, ctx.device, batch_size)
+    if len(day.holdout_index):
+        norm[day.holdout_index] = holdout_sum / (k * len(epochs))
+    return pd.DataFrame({"event_id": day.impressions["event_id"].to_numpy(), "score": -norm})
