@@ -14,7 +14,7 @@ OUTPUTS = (
     ("data-quality report", "work/validate/dt={day}/report.html"),
     ("data-quality Data Docs (GX)", "work/validate/dt={day}/data_docs/index.html"),
     ("importance scores and weights", "work/importance/scores.parquet"),
-    ("importance summary", "work/importance/metrics.json"),
+    ("importance report", "work/importance/report.html"),
     ("encoder refresh metrics", "work/pretrain/metrics.json"),
     ("training metrics", "work/train/metrics.json"),
     ("evaluation metrics", "work/evaluate/metrics.json"),
