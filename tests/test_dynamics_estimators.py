@@ -228,7 +228,7 @@ def test_more_folds_than_requests_is_refused(synthetic):
     ctx, _ = synthetic
     params = synthetic_params()
     params["importance"]["estimators"]["confident_learning"]["folds"] = 10_000
-    with pytest.raises(ValueError, match="at least 10000 training requests"):
+    with pytest.raises(ValueError, match="fewer than importance.estimators.confident_learning.folds=10000"):
         get("confident_learning").score(Context(ctx.data, params, ctx.seed, ctx.device))
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from pipeline import ranker
-from pipeline.importance.oof_loss import request_folds
+from pipeline.importance._crossfit import cross_fit
 from pipeline.importance.registry import Context, register
 from pipeline.importance.training_dynamics import logit, positive_int, result, training_labels
 
@@ -103,15 +103,8 @@ def score(ctx: Context) -> pd.DataFrame:
     day = ctx.data
     train_clicks = training_labels(day)
     train = day.train_index
-    requests = day.impressions["request_id"].iloc[train]
-    if requests.nunique() < k:
-        raise ValueError(f"confident_learning needs at least {k} training requests for {k} folds, "
-                         f"got {requests.nunique()}")
-    folds = request_folds(requests, k, ctx.seed)
-    p_click = np.zeros(len(day.impressions), dtype=np.float64)
-    holdout_sum = np.zeros(len(day.holdout_index), dtype=np.float64)
-    for fold in range(k):
-        fit_rows, score_rows = train[folds != fold], train[folds == fold]
+
+    def fold_values(fold, fit_rows, score_rows, holdout_rows):
         fit_x = day.x.subset(fit_rows)
         model = ranker.new_model(day.x.query.shape[1], ctx.params["ranker"], ctx.seed + fold, fit_x)
         rate = float(fit_x.click.mean())
@@ -121,9 +114,11 @@ def score(ctx: Context) -> pd.DataFrame:
             with torch.no_grad():
                 model.click_head.bias.fill_(logit(rate))
         ranker.fit(model, fit_x, None, ctx.params["train"], ctx.seed + fold, ctx.device, epochs=epochs)
-        p_click[score_rows] = click_probs(model, day, score_rows, ctx.device, batch_size)
-        holdout_sum += click_probs(model, day, day.holdout_index, ctx.device, batch_size)
-    p_click[day.holdout_index] = holdout_sum / k
+        return (click_probs(model, day, score_rows, ctx.device, batch_size),
+                click_probs(model, day, holdout_rows, ctx.device, batch_size))
+
+    p_click = cross_fit(ctx, k, "importance.estimators.confident_learning.folds", "confident_learning",
+                        fold_values)
 
     labels = day.x.click.numpy().astype(np.int64)
     pred_probs = np.column_stack([1.0 - p_click, p_click])

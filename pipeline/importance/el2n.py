@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline import ranker
 from pipeline.importance.grand import check_trainable, checkpoint_epochs, fit_checkpoints, knobs, positive_int
-from pipeline.importance.oof_loss import request_folds
+from pipeline.importance._crossfit import cross_fit
 from pipeline.importance.registry import Context, register
 
 TARGETS = ("click", "purchase")
@@ -47,25 +47,13 @@ def score(ctx: Context) -> pd.DataFrame:
     targets = el2n_targets(cfg)
     batch_size = positive_int(cfg, "batch_size", NAME)
     day = ctx.data
-    train = day.train_index
-    requests = day.impressions["request_id"].iloc[train]
-    if requests.nunique() < k:
-        raise ValueError(f"{NAME}: the training slice has {requests.nunique()} requests, fewer than "
-                         f"importance.estimators.{NAME}.folds={k}")
-    folds = request_folds(requests, k, ctx.seed)
-    norm = np.zeros(len(day.impressions), dtype=np.float64)
-    holdout_x = day.x.subset(day.holdout_index)
-    holdout_sum = np.zeros(len(day.holdout_index), dtype=np.float64)
-    for fold in range(k):
-        fit_rows, score_rows = train[folds != fold], train[folds == fold]
+
+    def fold_values(fold, fit_rows, score_rows, holdout_rows):
         fit_x = day.x.subset(fit_rows)
         check_trainable(fit_x, f"{NAME}: fold {fold}'s training rows")
-        score_x = day.x.subset(score_rows)
         models = fit_checkpoints(ctx, fit_x, ctx.seed + fold, epochs)
-        norm[score_rows] = np.mean([error_norms(m, score_x, targets, ctx.device, batch_size) for m in models], 0)
-        # The held-out slice is out-of-sample for every fold model: average them all.
-        for m in models:
-            holdout_sum += error_norms(m, holdout_x, targets, ctx.device, batch_size)
-    if len(day.holdout_index):
-        norm[day.holdout_index] = holdout_sum / (k * len(epochs))
+        return tuple(np.mean([error_norms(m, day.x.subset(rows), targets, ctx.device, batch_size) for m in models], 0)
+                     for rows in (score_rows, holdout_rows))
+
+    norm = cross_fit(ctx, k, f"importance.estimators.{NAME}.folds", NAME, fold_values)
     return pd.DataFrame({"event_id": day.impressions["event_id"].to_numpy(), "score": -norm})

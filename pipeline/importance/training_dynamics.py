@@ -14,7 +14,6 @@ Holdout rows are never trained on; they are scored from the same checkpoints.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
