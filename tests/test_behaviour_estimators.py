@@ -262,7 +262,7 @@ def synthetic_context(seed: int = 0, bot_share: float = 0.2, params: dict | None
     """Users who prefer one of 4 item clusters, each session shown 2 lists of 10 mostly from its
     cluster and clicking by a PBM; bot sessions click 35% of what they are shown at random."""
     rng = np.random.default_rng(seed)
-    n_items, n_sessions, per = 40, 80, 10
+    n_items, n_sessions = 40, 80
     rows = []
     for s in range(n_sessions):
         cluster, bot = s % 4, rng.random() < bot_share

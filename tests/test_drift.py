@@ -2,6 +2,7 @@
 are flagged with the severity params give them; the report renders them."""
 import json
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from conftest import DAY, ROOT, tiny_params
+from conftest import DAY, tiny_params
 from pipeline.contract import DayPaths
 from pipeline.importance import registry
 from pipeline.importance.weights import to_weights

@@ -1,6 +1,5 @@
 """Each stage's outputs after the whole retrain ran through `dvc repro` on a tiny simulated day."""
 import json
-import subprocess
 import sys
 
 import numpy as np
