@@ -50,12 +50,8 @@ def embed_with_base(texts: list[str], params: dict) -> embeddings.EmbeddingTable
     return embeddings.EmbeddingTable(texts, vectors)
 
 
-def load_log(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path | None,
-             params: dict) -> DayData:
-    """Impressions of `days` (default: every day in the folder) with each day's catalog.
-
-    Without `embeddings_dir` the texts are embedded with the base encoder named in params.
-    """
+def read_log(data_dir: str | Path, days: list[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(impressions, catalog) of `days` (default: every day in the folder), without features."""
     days = days or days_in(data_dir)
     frames = [read_impressions(data_dir, day) for day in days]
     impressions = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -64,6 +60,16 @@ def load_log(data_dir: str | Path, days: list[str] | None, embeddings_dir: str |
     catalogs = [read_catalog(data_dir, day) for day in days]
     # The latest day's row wins for an item listed on several days.
     catalog = pd.concat(catalogs[::-1], ignore_index=True).drop_duplicates("item_id").reset_index(drop=True)
+    return impressions, catalog
+
+
+def load_log(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path | None,
+             params: dict) -> DayData:
+    """Impressions of `days` (default: every day in the folder) with each day's catalog.
+
+    Without `embeddings_dir` the texts are embedded with the base encoder named in params.
+    """
+    impressions, catalog = read_log(data_dir, days)
     if embeddings_dir is not None:
         table = embeddings.load(embeddings_dir)
     else:

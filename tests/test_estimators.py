@@ -50,6 +50,18 @@ def truth(noisy_log):
     return pd.read_parquet(DayPaths(noisy_log / "raw", DAY).truth_file)
 
 
+@pytest.fixture(scope="module")
+def full_scores(context):
+    """Each estimator's scores for every row, computed once per module."""
+    cache = {}
+
+    def scores(name):
+        if name not in cache:
+            cache[name] = registry.get(name).score(context)
+        return cache[name]
+    return scores
+
+
 def test_registry_lists_estimators_with_cost_classes():
     estimators = registry.available()
     assert "oof_loss" in estimators
@@ -57,8 +69,8 @@ def test_registry_lists_estimators_with_cost_classes():
 
 
 @pytest.mark.parametrize("name", sorted(registry.available()))
-def test_estimator_scores_noise_lower_than_clean_rows(name, context, truth):
-    scores = registry.get(name).score(context)
+def test_estimator_scores_noise_lower_than_clean_rows(name, context, truth, full_scores):
+    scores = full_scores(name)
     assert list(scores.columns[:2]) == ["event_id", "score"]
     assert scores["event_id"].is_unique and set(scores["event_id"]) == set(context.data.impressions["event_id"])
     assert np.isfinite(scores["score"]).all()
@@ -69,6 +81,19 @@ def test_estimator_scores_noise_lower_than_clean_rows(name, context, truth):
     weights = to_weights(merged["score"].to_numpy(), 1.0, (0.1, 3.0))
     assert np.isfinite(weights).all() and (weights >= 0).all()
     assert weights.mean() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in registry.available().items() if e.shardable))
+def test_a_shardable_estimator_scores_a_shard_as_it_scores_the_whole_log(name, context, full_scores):
+    from dataclasses import replace
+
+    from pipeline.importance.sharding import Shard, shard_rows
+
+    rows = shard_rows(context.data.impressions["session_id"], Shard(1, 3))
+    part = registry.get(name).score(replace(context, rows=rows))
+    assert list(part["event_id"]) == list(context.data.impressions["event_id"].iloc[rows])
+    whole = full_scores(name).set_index("event_id")["score"]
+    np.testing.assert_allclose(part["score"].to_numpy(), whole.loc[part["event_id"]].to_numpy(), rtol=1e-9, atol=1e-12)
 
 
 def cli(*args, cwd):

@@ -196,7 +196,7 @@ def quality_scores(ctx: Context) -> tuple[np.ndarray, PBM, Coded]:
     return score, model, coded
 
 
-@register("click_model", cost_class="forward-only")
+@register("click_model", cost_class="forward-only", shardable=True)
 def score(ctx: Context) -> pd.DataFrame:
     values, _, _ = quality_scores(ctx)
-    return pd.DataFrame({"event_id": ctx.data.impressions["event_id"].to_numpy(), "score": values})
+    return ctx.select(values)

@@ -107,7 +107,7 @@ def popularity_rate(item, click, train: np.ndarray, user, prior_strength: float)
     return rate / max(global_rate, 1e-12)
 
 
-@register("collaborative", cost_class="forward-only")
+@register("collaborative", cost_class="forward-only", shardable=True)
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["collaborative"]
     day = ctx.data
@@ -143,7 +143,7 @@ def score(ctx: Context) -> pd.DataFrame:
                             beta=beta, **kwargs)
         agreement += weight / total_weight * a
     values = np.where(click == 1, agreement, 1.0 - agreement)
-    return pd.DataFrame({"event_id": imp["event_id"].to_numpy(), "score": values})
+    return ctx.select(values)
 
 
 def _levels(imp: pd.DataFrame, catalog: pd.DataFrame, item: np.ndarray, cfg: dict) -> list[tuple[np.ndarray, float]]:

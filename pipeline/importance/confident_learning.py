@@ -17,7 +17,7 @@ import torch
 from pipeline import ranker
 from pipeline.importance._crossfit import cross_fit
 from pipeline.importance.registry import Context, register
-from pipeline.importance.training_dynamics import logit, positive_int, result, training_labels
+from pipeline.importance.training_dynamics import logit, positive_int, training_labels
 
 
 def check_inputs(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +92,7 @@ def click_probs(model: ranker.Ranker, day, rows: np.ndarray, device: str, batch_
     return ranker.predict(model, day.x.subset(rows), device, with_position=True, batch_size=batch_size)["p_click"]
 
 
-@register("confident_learning", cost_class="retraining")
+@register("confident_learning", cost_class="retraining", shardable=True)
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["confident_learning"]
     k = int(cfg["folds"])
@@ -124,4 +124,4 @@ def score(ctx: Context) -> pd.DataFrame:
     pred_probs = np.column_stack([1.0 - p_click, p_click])
     # Thresholds from the out-of-fold training rows only; holdout rows are judged against them.
     thresholds = class_thresholds(train_clicks.astype(np.int64), pred_probs[train])
-    return result(day, issue_ranked_quality(labels, pred_probs, thresholds))
+    return ctx.select(issue_ranked_quality(labels, pred_probs, thresholds))

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from pipeline.features import Features
 from pipeline.importance.registry import Context, register
-from pipeline.importance.training_dynamics import logit, positive_int, result, training_labels
+from pipeline.importance.training_dynamics import logit, positive_int, training_labels
 
 
 def head_inputs(x: Features, max_position: int) -> torch.Tensor:
@@ -110,7 +110,7 @@ def fit_bags(x: Features, counts: np.ndarray, cfg: dict, max_position: int, seed
     return heads
 
 
-@register("data_oob", cost_class="retraining")
+@register("data_oob", cost_class="retraining", shardable=True)
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["data_oob"]
     bags = positive_int(cfg, "bags", "data_oob")
@@ -130,4 +130,4 @@ def score(ctx: Context) -> pd.DataFrame:
     for index in batches(len(holdout_x), batch_size):
         probs = heads.label_probs(holdout_x.subset(index).to(ctx.device))
         values[day.holdout_index[index.numpy()]] = probs.mean(axis=1)
-    return result(day, values)
+    return ctx.select(values)

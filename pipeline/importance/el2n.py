@@ -37,7 +37,7 @@ def el2n_targets(cfg: dict) -> list[str]:
     return [t for t in TARGETS if t in targets]
 
 
-@register(NAME, cost_class="retraining")
+@register(NAME, cost_class="retraining", shardable=True)
 def score(ctx: Context) -> pd.DataFrame:
     cfg = knobs(ctx, NAME)
     k = positive_int(cfg, "folds", NAME)
@@ -56,4 +56,4 @@ def score(ctx: Context) -> pd.DataFrame:
                      for rows in (score_rows, holdout_rows))
 
     norm = cross_fit(ctx, k, f"importance.estimators.{NAME}.folds", NAME, fold_values)
-    return pd.DataFrame({"event_id": day.impressions["event_id"].to_numpy(), "score": -norm})
+    return ctx.select(-norm)

@@ -12,7 +12,7 @@ from pipeline.importance._crossfit import cross_fit
 from pipeline.importance.registry import Context, register
 
 
-@register("oof_loss", cost_class="retraining")
+@register("oof_loss", cost_class="retraining", shardable=True)
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]
     k = int(cfg["folds"])
@@ -28,4 +28,4 @@ def score(ctx: Context) -> pd.DataFrame:
                 ranker.click_losses(model, day.x.subset(holdout_rows), ctx.device))
 
     loss = cross_fit(ctx, k, "importance.folds", "oof_loss", fold_values)
-    return pd.DataFrame({"event_id": day.impressions["event_id"].to_numpy(), "score": -loss})
+    return ctx.select(-loss)

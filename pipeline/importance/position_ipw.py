@@ -70,9 +70,9 @@ def ipw_factor(ctx: Context) -> np.ndarray:
     return _factor(ctx, model, coded)
 
 
-@register("position_ipw", cost_class="forward-only")
+@register("position_ipw", cost_class="forward-only", shardable=True)
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["position_ipw"]
     quality, model, coded = click_model.quality_scores(ctx)
     values = quality + float(cfg["log_factor_weight"]) * np.log(_factor(ctx, model, coded))
-    return pd.DataFrame({"event_id": ctx.data.impressions["event_id"].to_numpy(), "score": values})
+    return ctx.select(values)

@@ -1,6 +1,9 @@
 """Estimators register here by name; a new estimator is one module with one decorated function.
 
-Interface: `score(ctx: Context) -> DataFrame(event_id, score)`, higher = more trustworthy/useful.
+Interface: `score(ctx: Context) -> DataFrame(event_id, score)`, higher = more trustworthy/useful, one row
+per index in `ctx.rows_to_score()`. An estimator registered `shardable=True` scores a row the same whatever
+other rows are scored: it fits its models on the whole log and scores only `ctx.rows`, so a log can be
+scored in shards (`--shard i/n`) and the shards combined.
 """
 from __future__ import annotations
 
@@ -9,13 +12,14 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from pipeline.dataset import DayData
 
 COST_CLASSES = ("forward-only", "per-sample-gradients", "retraining")
 # Modules of this package that hold no estimator; every other module is imported to register its own.
-NOT_ESTIMATORS = {"registry", "stage", "weights"}
+NOT_ESTIMATORS = {"registry", "stage", "weights", "sharding"}
 
 
 @dataclass
@@ -26,6 +30,16 @@ class Context:
     params: dict
     seed: int
     device: str
+    rows: np.ndarray | None = None  # indices into data.impressions to score (one shard); None: every row
+
+    def rows_to_score(self) -> np.ndarray:
+        return np.arange(len(self.data.impressions)) if self.rows is None else np.asarray(self.rows)
+
+    def select(self, scores: np.ndarray) -> pd.DataFrame:
+        """The output frame for the rows to score, from a score for every row of the log."""
+        rows = self.rows_to_score()
+        return pd.DataFrame({"event_id": self.data.impressions["event_id"].to_numpy()[rows],
+                             "score": np.asarray(scores)[rows]})
 
 
 @dataclass(frozen=True)
@@ -33,17 +47,18 @@ class Estimator:
     name: str
     cost_class: str
     score: Callable[[Context], pd.DataFrame]
+    shardable: bool = False
 
 
 _REGISTRY: dict[str, Estimator] = {}
 
 
-def register(name: str, cost_class: str):
+def register(name: str, cost_class: str, shardable: bool = False):
     if cost_class not in COST_CLASSES:
         raise ValueError(f"estimator {name!r}: cost class {cost_class!r} is not one of {COST_CLASSES}")
 
     def decorate(fn: Callable[[Context], pd.DataFrame]):
-        _REGISTRY[name] = Estimator(name, cost_class, fn)
+        _REGISTRY[name] = Estimator(name, cost_class, fn, shardable)
         return fn
     return decorate
 

@@ -1,4 +1,8 @@
-"""importance stage: score every impression of the day with the chosen estimator, then weight it."""
+"""importance stage: score every impression of the day with the chosen estimator, then weight it.
+
+In shards: `--shard i/n` runs scores one shard's rows (raw scores only), then `--combine` over the n
+shard folders checks that they cover the log exactly and weights and reports the whole, as one
+unsharded run would."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="embeddings folder written by pretrain (default: embed with pretrain.base_model)")
     parser.add_argument("--estimator", default=None, help="estimator name (default: importance.estimator)")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--shard", default=None,
+                        help="i/n: score only shard i of n (sessions split by a hash of their id; raw scores, "
+                             "no weights); shardable estimators only")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="SHARD_DIR",
+                        help="weight and report the scores of these shard folders (all n of them) instead of scoring")
     parser.add_argument("--out", required=True,
                         help="a folder (scores.parquet and metrics.json in it) or a .parquet file")
 
@@ -40,34 +49,79 @@ def summarise(table: pd.DataFrame, estimator: str, cost_class: str) -> dict:
     }
 
 
-def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path | None, out: str | Path,
-        params: dict, estimator_name: str | None = None) -> pd.DataFrame:
+def checked_scores(event_ids: pd.Series, scores: pd.DataFrame, estimator: str) -> pd.DataFrame:
+    """The scores in the order of `event_ids`: exactly one finite score for each of them, no others."""
+    table = event_ids.to_frame().merge(scores, on="event_id", how="left", validate="one_to_one")
+    bad = table.loc[~np.isfinite(table["score"].astype(float).fillna(np.nan)), "event_id"]
+    if len(bad):
+        raise RuntimeError(f"estimator {estimator!r} left {len(bad)} events without a finite score, "
+                           f"e.g. {bad.iloc[0]}")
+    extra = scores.loc[~scores["event_id"].isin(event_ids), "event_id"]
+    if len(extra):
+        raise ValueError(f"{len(extra)} scored events are not in the log, e.g. {extra.iloc[0]}: "
+                         "the scores come from another log")
+    return table
+
+
+def score_log(data_dir, days, embeddings_dir, params: dict, estimator, shard):
+    """Run the estimator on the log (or one shard of it): (impressions, catalog, holdout, scores)."""
     from pipeline.compute import setup
     from pipeline.dataset import load_log
     from pipeline.importance import registry
-    from pipeline.importance.weights import transform
+    from pipeline.importance.sharding import shard_rows
 
-    cfg = params["importance"]
-    estimator = registry.get(estimator_name or cfg["estimator"])
+    if shard is not None and not estimator.shardable:
+        shardable = sorted(name for name, e in registry.available().items() if e.shardable)
+        raise ValueError(f"estimator {estimator.name!r} does not score rows independently, so it cannot run "
+                         f"in shards; shardable: {', '.join(shardable)}")
     seed = stage_seed(params, f"importance:{estimator.name}")
     device = setup(params, seed)
     data = load_log(data_dir, days, embeddings_dir, params)
     if data.impressions["clicked"].nunique() < 2:
         raise ValueError(f"{data_dir}: every impression has clicked={int(data.impressions['clicked'].iloc[0])}; "
                          "importance needs both clicked and unclicked impressions")
+    rows = None if shard is None else shard_rows(data.impressions["session_id"], shard)
     started = time.perf_counter()
-    scores = estimator.score(registry.Context(data, params, seed, device))
-    seconds = time.perf_counter() - started
-    table = data.impressions[["event_id"]].merge(scores, on="event_id", how="left", validate="one_to_one")
-    if table["score"].isna().any() or not np.isfinite(table["score"]).all():
-        bad = table.loc[~np.isfinite(table["score"].fillna(np.nan)), "event_id"]
-        raise RuntimeError(f"estimator {estimator.name!r} left {len(bad)} events without a finite score, "
-                           f"e.g. {bad.iloc[0]}")
-    groups = data.impressions[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
-    table["weight"] = transform(table["score"].to_numpy(), cfg, groups, data.impressions["session_id"].to_numpy())
-    table["split"] = np.where(data.holdout, "holdout", "train")
-    metrics = summarise(table, estimator.name, estimator.cost_class)
+    scores = estimator.score(registry.Context(data, params, seed, device, rows))
+    print(f"importance: {estimator.name} scored {len(scores)} events in {time.perf_counter() - started:.1f}s"
+          + ("" if shard is None else f" (shard {shard})"))
+    event_ids = data.impressions["event_id"] if rows is None else data.impressions["event_id"].iloc[rows]
+    return data.impressions, data.catalog, data.holdout, checked_scores(event_ids, scores, estimator.name)
+
+
+def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path | None, out: str | Path,
+        params: dict, estimator_name: str | None = None, shard=None,
+        combine: list[str] | None = None) -> pd.DataFrame:
+    """Score and weight the log; with `shard`, write that shard's raw scores only; with `combine`, weight
+    the scores of every shard (read from those folders) instead of scoring."""
+    from pipeline.importance import registry
+    from pipeline.importance.weights import transform
+
+    cfg = params["importance"]
+    estimator = registry.get(estimator_name or cfg["estimator"])
     out = Path(out)
+    if shard is not None and out.suffix == ".parquet":
+        raise ValueError("--shard writes a folder (scores.parquet and shard.json): give --out a folder")
+    if combine:
+        from pipeline.dataset import read_log
+        from pipeline.features import holdout_mask
+        from pipeline.importance.sharding import read_shards
+
+        impressions, catalog = read_log(data_dir, days)
+        holdout = holdout_mask(impressions, params["split"]["holdout_fraction"])
+        table = checked_scores(impressions["event_id"], read_shards(combine, estimator.name), estimator.name)
+    else:
+        impressions, catalog, holdout, table = score_log(data_dir, days, embeddings_dir, params, estimator, shard)
+    if shard is not None:
+        from pipeline.importance.sharding import write_shard
+
+        with atomic_dir(out) as tmp:
+            write_shard(tmp, table, estimator.name, shard, len(impressions))
+        return table
+    groups = impressions[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
+    table["weight"] = transform(table["score"].to_numpy(), cfg, groups, impressions["session_id"].to_numpy())
+    table["split"] = np.where(holdout, "holdout", "train")
+    metrics = summarise(table, estimator.name, estimator.cost_class)
     if out.suffix == ".parquet":
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
@@ -79,19 +133,24 @@ def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path
         with atomic_dir(out) as tmp:
             table.to_parquet(tmp / SCORES_FILE, index=False)
             write_json_atomic(tmp / "metrics.json", metrics)
-            importance_report.write(tmp, table, data.impressions, data.catalog, estimator.name, cfg["report"])
-    print(f"importance: {estimator.name} scored {len(table)} events in {seconds:.1f}s; "
-          f"weights p10={metrics['weight_quantiles']['p10']} p90={metrics['weight_quantiles']['p90']}")
+            importance_report.write(tmp, table, impressions, catalog, estimator.name, cfg["report"])
+    print(f"importance: {estimator.name}: weights p10={metrics['weight_quantiles']['p10']} "
+          f"p90={metrics['weight_quantiles']['p90']}")
     return table
 
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.contract import ContractError
     from pipeline.days import parse_day
+    from pipeline.importance.sharding import parse_shard
 
     try:
         days = [parse_day(d) for d in args.day] if args.day else None
-        run(args.data, days, args.embeddings, args.out, load_params(args.params), args.estimator)
+        shard = parse_shard(args.shard) if args.shard else None
+        if shard is not None and args.combine:
+            raise ValueError("--shard and --combine exclude each other: score the shards, then combine them")
+        run(args.data, days, args.embeddings, args.out, load_params(args.params), args.estimator, shard,
+            args.combine)
     except (KeyError, ValueError, ContractError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"importance: {message}", file=sys.stderr)

@@ -158,17 +158,13 @@ def train_and_record(ctx: Context, cfg: dict, name: str) -> DynamicsRecorder:
     return recorder
 
 
-def result(day: DayData, score: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({"event_id": day.impressions["event_id"].to_numpy(), "score": score.astype(np.float64)})
-
-
-@register("aum", cost_class="retraining")
+@register("aum", cost_class="retraining", shardable=True)
 def aum(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["aum"]
-    return result(ctx.data, train_and_record(ctx, cfg, "aum").mean_margin())
+    return ctx.select(train_and_record(ctx, cfg, "aum").mean_margin().astype(np.float64))
 
 
-@register("forgetting", cost_class="retraining")
+@register("forgetting", cost_class="retraining", shardable=True)
 def forgetting(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["forgetting"]
     tie_break = float(cfg["tie_break"])
@@ -177,4 +173,4 @@ def forgetting(ctx: Context) -> pd.DataFrame:
     recorder = train_and_record(ctx, cfg, "forgetting")
     # sigmoid(mean margin) is in (0, 1), so the tie-break never outweighs one forgetting event.
     margin = torch.from_numpy(recorder.mean_margin())
-    return result(ctx.data, -recorder.forgetting_counts() + tie_break * torch.sigmoid(margin).numpy())
+    return ctx.select((-recorder.forgetting_counts() + tie_break * torch.sigmoid(margin).numpy()).astype(np.float64))
