@@ -104,3 +104,24 @@ def test_an_estimator_that_needs_the_whole_log_refuses_a_shard(log):
         assert not (log / "never").exists()
     finally:
         registry._REGISTRY.pop(name)
+
+
+def test_cluster_representatives_rule_gives_the_same_weights_sharded_and_whole(log):
+    params = yaml.safe_load((log / "params.yaml").read_text())
+    params["importance"]["cluster_representatives"] = {"clusters": 8, "keep_percent": 60, "iterations": 50}
+    (log / "clusters.yaml").write_text(yaml.safe_dump(params))
+
+    def run(*args):
+        result = subprocess.run([sys.executable, "-m", "pipeline", "importance", "--data", "raw", "--params",
+                                 "clusters.yaml", "--estimator", "click_model", *args],
+                                capture_output=True, text=True, cwd=log)
+        assert result.returncode == 0, result.stderr
+
+    run("--out", "clusters-whole")
+    for i in range(2):
+        run("--shard", f"{i}/2", "--out", f"clusters-{i}")
+    run("--combine", "clusters-0", "clusters-1", "--out", "clusters-combined")
+    whole = pd.read_parquet(log / "clusters-whole" / "scores.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(log / "clusters-combined" / "scores.parquet"), whole)
+    zero = whole["weight"] == 0
+    assert 0.3 < zero.mean() < 0.5  # about 40% pruned, cluster by cluster

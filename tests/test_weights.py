@@ -50,3 +50,43 @@ def test_sessions_with_the_lowest_mean_score_get_zero_weight():
 def test_dropping_everything_is_refused():
     with pytest.raises(ValueError, match="every row weight 0"):
         transform(np.ones(5), {**BASE, "drop_sessions_percent": 100}, sessions=np.array(list("aaaaa")))
+
+
+def three_blobs(rng, sizes=(300, 300, 30)):
+    centres = np.eye(3, 8) * 20
+    vectors = np.vstack([centres[i] + rng.normal(size=(n, 8)) for i, n in enumerate(sizes)])
+    blob = np.repeat(np.arange(3), sizes)
+    return vectors, blob
+
+
+def test_cluster_representatives_keep_the_best_of_every_cluster_even_a_low_scored_one():
+    rng = np.random.default_rng(1)
+    vectors, blob = three_blobs(rng)
+    # The small blob scores lowest overall: a global drop would remove it entirely.
+    scores = rng.normal(size=len(blob)) - 10 * (blob == 2)
+    cfg = {**BASE, "cluster_representatives": {"clusters": 3, "keep_percent": 50}}
+    w = transform(scores, cfg, vectors=vectors, seed=0)
+    for b in range(3):
+        rows = np.flatnonzero(blob == b)
+        kept = rows[w[rows] > 0]
+        assert len(kept) == int(np.ceil(len(rows) / 2))
+        # the kept rows are the cluster's best-scored half
+        assert scores[kept].min() >= np.median(scores[rows]) - 1e-12
+    assert w.mean() == pytest.approx(1.0)
+    global_drop = transform(scores, {**BASE, "drop_lowest_percent": 50})
+    assert (global_drop[blob == 2] == 0).all()
+
+
+def test_cluster_representatives_are_seeded_and_need_vectors():
+    rng = np.random.default_rng(2)
+    vectors, blob = three_blobs(rng)
+    scores = rng.normal(size=len(blob))
+    cfg = {**BASE, "cluster_representatives": {"clusters": 5, "keep_percent": 30}}
+    np.testing.assert_array_equal(transform(scores, cfg, vectors=vectors, seed=4),
+                                  transform(scores, cfg, vectors=vectors, seed=4))
+    with pytest.raises(ValueError, match="needs the rows' embeddings"):
+        transform(scores, cfg)
+    with pytest.raises(ValueError, match="keep_percent must be in"):
+        transform(scores, {**BASE, "cluster_representatives": {"clusters": 5, "keep_percent": 0}}, vectors=vectors)
+    off = transform(scores, {**BASE, "cluster_representatives": {"clusters": 0, "keep_percent": 30}})
+    assert (off > 0).all()

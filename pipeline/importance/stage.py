@@ -63,8 +63,17 @@ def checked_scores(event_ids: pd.Series, scores: pd.DataFrame, estimator: str) -
     return table
 
 
+def wants_vectors(cfg: dict) -> bool:
+    return bool((cfg.get("cluster_representatives") or {}).get("clusters"))
+
+
+def row_vectors(data) -> np.ndarray:
+    """What the cluster-representatives rule clusters: each row's query and title embeddings."""
+    return np.hstack([data.x.query.numpy(), data.x.title.numpy()])
+
+
 def score_log(data_dir, days, embeddings_dir, params: dict, estimator, shard):
-    """Run the estimator on the log (or one shard of it): (impressions, catalog, holdout, scores)."""
+    """Run the estimator on the log (or one shard of it): (impressions, catalog, holdout, scores, vectors)."""
     from pipeline.compute import setup
     from pipeline.dataset import load_log
     from pipeline.importance import registry
@@ -86,7 +95,8 @@ def score_log(data_dir, days, embeddings_dir, params: dict, estimator, shard):
     print(f"importance: {estimator.name} scored {len(scores)} events in {time.perf_counter() - started:.1f}s"
           + ("" if shard is None else f" (shard {shard})"))
     event_ids = data.impressions["event_id"] if rows is None else data.impressions["event_id"].iloc[rows]
-    return data.impressions, data.catalog, data.holdout, checked_scores(event_ids, scores, estimator.name)
+    vectors = row_vectors(data) if wants_vectors(params["importance"]) else None
+    return data.impressions, data.catalog, data.holdout, checked_scores(event_ids, scores, estimator.name), vectors
 
 
 def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path | None, out: str | Path,
@@ -102,16 +112,22 @@ def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path
     out = Path(out)
     if shard is not None and out.suffix == ".parquet":
         raise ValueError("--shard writes a folder (scores.parquet and shard.json): give --out a folder")
+    vectors = None
     if combine:
-        from pipeline.dataset import read_log
+        from pipeline.dataset import load_log, read_log
         from pipeline.features import holdout_mask
         from pipeline.importance.sharding import read_shards
 
-        impressions, catalog = read_log(data_dir, days)
+        if wants_vectors(cfg):
+            data = load_log(data_dir, days, embeddings_dir, params)
+            impressions, catalog, vectors = data.impressions, data.catalog, row_vectors(data)
+        else:
+            impressions, catalog = read_log(data_dir, days)
         holdout = holdout_mask(impressions, params["split"]["holdout_fraction"])
         table = checked_scores(impressions["event_id"], read_shards(combine, estimator.name), estimator.name)
     else:
-        impressions, catalog, holdout, table = score_log(data_dir, days, embeddings_dir, params, estimator, shard)
+        impressions, catalog, holdout, table, vectors = score_log(data_dir, days, embeddings_dir, params,
+                                                                  estimator, shard)
     if shard is not None:
         from pipeline.importance.sharding import write_shard
 
@@ -119,7 +135,8 @@ def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path
             write_shard(tmp, table, estimator.name, shard, len(impressions))
         return table
     groups = impressions[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
-    table["weight"] = transform(table["score"].to_numpy(), cfg, groups, impressions["session_id"].to_numpy())
+    table["weight"] = transform(table["score"].to_numpy(), cfg, groups, impressions["session_id"].to_numpy(),
+                                vectors, stage_seed(params, "importance:clusters"))
     table["split"] = np.where(holdout, "holdout", "train")
     metrics = summarise(table, estimator.name, estimator.cost_class)
     if out.suffix == ".parquet":

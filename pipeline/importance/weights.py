@@ -1,4 +1,4 @@
-"""Scores -> training weights: temperature, clipping, mean 1 (weights only ever rescale the loss)."""
+"""Scores -> training weights: temperature, clipping, drop rules, cluster representatives, mean 1."""
 from __future__ import annotations
 
 import numpy as np
@@ -46,11 +46,38 @@ def normalise(scores: np.ndarray, how: str, groups: np.ndarray) -> np.ndarray:
     return out
 
 
+def cluster_representatives(scores: np.ndarray, vectors: np.ndarray, cfg: dict, seed: int) -> np.ndarray:
+    """Rows to keep: in each k-means cluster of `vectors`, the best-scored `keep_percent` (at least one).
+
+    Dropping the lowest scores over the whole log can empty a region of the query-item space (a rare
+    category whose rows all look hard); pruning within clusters keeps every region represented, as in
+    prototype-based data pruning (Sorscher et al. 2022)."""
+    from sklearn.cluster import KMeans
+
+    clusters, keep = int(cfg["clusters"]), float(cfg["keep_percent"])
+    if clusters < 1:
+        raise ValueError(f"importance.cluster_representatives.clusters must be at least 1, got {clusters}")
+    if not 0 < keep <= 100:
+        raise ValueError(f"importance.cluster_representatives.keep_percent must be in (0, 100], got {keep}")
+    clusters = min(clusters, len(scores))
+    labels = KMeans(n_clusters=clusters, n_init=1, max_iter=int(cfg.get("iterations", 50)),
+                    random_state=seed).fit_predict(np.asarray(vectors, dtype=np.float32))
+    kept = np.zeros(len(scores), dtype=bool)
+    for cluster in range(clusters):
+        rows = np.flatnonzero(labels == cluster)
+        if len(rows):
+            best_first = rows[np.argsort(-scores[rows], kind="stable")]
+            kept[best_first[:max(1, int(np.ceil(len(rows) * keep / 100)))]] = True
+    return kept
+
+
 def transform(scores: np.ndarray, cfg: dict, groups: np.ndarray | None = None,
-              sessions: np.ndarray | None = None) -> np.ndarray:
+              sessions: np.ndarray | None = None, vectors: np.ndarray | None = None,
+              seed: int = 0) -> np.ndarray:
     """The weight transform of params (importance section), in order: normalise, temperature and clip
-    (to_weights), zero weight for the lowest `drop_lowest_percent` of scores and for every row of the
-    sessions whose mean score is in the lowest `drop_sessions_percent`, then mean 1 again."""
+    (to_weights), zero weight for the lowest `drop_lowest_percent` of scores, for every row of the
+    sessions whose mean score is in the lowest `drop_sessions_percent`, and for the rows that are not
+    among their k-means cluster's best (`cluster_representatives`, on `vectors`), then mean 1 again."""
     scores = np.asarray(scores, dtype=np.float64)
     groups = np.zeros(len(scores), dtype=np.int64) if groups is None else np.asarray(groups)
     scaled = normalise(scores, cfg.get("normalise", "none"), groups)
@@ -63,6 +90,11 @@ def transform(scores: np.ndarray, cfg: dict, groups: np.ndarray | None = None,
         sessions = pd.Series(np.asarray(sessions))
         rank = pd.Series(scores).groupby(sessions).mean().rank(method="first", pct=True)
         weights[sessions.map(rank).to_numpy() <= drop_sessions / 100] = 0.0
+    representatives = cfg.get("cluster_representatives") or {}
+    if representatives.get("clusters"):
+        if vectors is None:
+            raise ValueError("importance.cluster_representatives needs the rows' embeddings")
+        weights[~cluster_representatives(scores, vectors, representatives, seed)] = 0.0
     if not weights.any():
         raise ValueError("the weight transform gave every row weight 0; lower drop_lowest_percent or "
                          "drop_sessions_percent")
