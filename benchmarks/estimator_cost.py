@@ -54,7 +54,7 @@ def main() -> int:
     device = setup(params, 7)
     ctx = registry.Context(data, params, seed=7, device=device)
     train_x = data.x.subset(data.train_index)
-    model = ranker.new_model(train_x.query.shape[1], params["ranker"], 7, train_x)
+    model = ranker.new_model(train_x.text_dim, params["ranker"], 7, train_x)
     ranker.fit(model, train_x, None, params["train"], 7, device, epochs=1)  # warm-up: first-call costs
     started = time.perf_counter()
     ranker.fit(model, train_x, None, params["train"], 8, device, epochs=1)

@@ -75,17 +75,32 @@ def impression_parts(paths: DayPaths) -> list[Path]:
     return parts
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     try:
-        return pq.read_table(path).to_pandas()
+        return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowException) as exc:
         raise ContractError(f"{path}: cannot be read as Parquet ({exc})") from exc
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    return _read_table(path).to_pandas()
 
 
 def read_impressions(data_dir: str | Path, day: str) -> pd.DataFrame:
     """All impressions of one day, parts concatenated in file order."""
     frames = [_read_parquet(part) for part in impression_parts(DayPaths(Path(data_dir), day))]
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def read_impressions_of_days(data_dir: str | Path, days: list[str]) -> pd.DataFrame:
+    """The impressions of several validated days as one frame, converted from Arrow once and column by
+    column (`self_destruct`), so a 10M-row log never exists twice in memory as it would via pd.concat.
+    Only the contract's columns are read: the optional f_* features are not model inputs."""
+    columns = IMPRESSION_SCHEMA.names
+    tables = [_read_table(part, columns) for day in days for part in impression_parts(DayPaths(Path(data_dir), day))]
+    table = pa.concat_tables(tables, promote_options="permissive")
+    del tables
+    return table.to_pandas(self_destruct=True, split_blocks=True)
 
 
 def read_catalog(data_dir: str | Path, day: str) -> pd.DataFrame:

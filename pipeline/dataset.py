@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import embeddings, features
-from pipeline.contract import ContractError, read_catalog, read_impressions
+from pipeline.contract import ContractError, read_catalog, read_impressions_of_days
 
 
 @dataclass
@@ -53,8 +53,7 @@ def embed_with_base(texts: list[str], params: dict) -> embeddings.EmbeddingTable
 def read_log(data_dir: str | Path, days: list[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(impressions, catalog) of `days` (default: every day in the folder), without features."""
     days = days or days_in(data_dir)
-    frames = [read_impressions(data_dir, day) for day in days]
-    impressions = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    impressions = read_impressions_of_days(data_dir, days)
     if impressions.empty:
         raise ValueError(f"{data_dir}: the log has no impressions for {', '.join(days)}")
     catalogs = [read_catalog(data_dir, day) for day in days]

@@ -24,16 +24,16 @@ class EmbeddingTable:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    def lookup(self, texts) -> np.ndarray:
-        """Vectors for `texts`; None (no query, as for recommendations) gives a zero vector."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        rows = [self._row.get(t, -1) if isinstance(t, str) else -1 for t in texts]
-        missing = [t for t, r in zip(texts, rows) if r < 0 and isinstance(t, str)]
-        if missing:
-            raise KeyError(f"{len(missing)} texts have no embedding, e.g. {missing[0]!r}")
-        rows = np.asarray(rows)
-        known = rows >= 0
-        out[known] = self.vectors[rows[known]]
+    def indices(self, texts: pd.Series, missing: int) -> np.ndarray:
+        """Row of each text in the table; `missing` for no text (None, as for recommendations)."""
+        present = texts.notna().to_numpy()
+        codes, uniques = pd.factorize(texts[present])
+        rows = np.array([self._row.get(t, -1) for t in uniques], dtype=np.int64)
+        if (rows < 0).any():
+            unknown = [t for t, r in zip(uniques, rows) if r < 0]
+            raise KeyError(f"{len(unknown)} texts have no embedding, e.g. {unknown[0]!r}")
+        out = np.full(len(texts), missing, dtype=np.int64)
+        out[present] = rows[codes]
         return out
 
 

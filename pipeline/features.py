@@ -1,8 +1,6 @@
 """From a day's impressions to model inputs: the time split and the feature tensors."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import torch
@@ -21,24 +19,47 @@ def holdout_mask(impressions: pd.DataFrame, holdout_fraction: float) -> np.ndarr
     return impressions["request_id"].isin(held).to_numpy()
 
 
-@dataclass
 class Features:
-    query: torch.Tensor      # (n, d) query embedding, zeros when there is no query
-    title: torch.Tensor      # (n, d)
-    dense: torch.Tensor      # (n, len(DENSE_FEATURES))
-    position: torch.Tensor   # (n,) long, clipped to max_position
-    click: torch.Tensor      # (n,) float
-    purchase: torch.Tensor   # (n,) float
+    """Model inputs for n rows. The query and title embeddings are held either as (n, d) tensors or, as
+    `build` makes them, as (n,) indices into `texts` (one row per unique text plus a zero row): a 10M-row
+    log then holds two integers per row instead of 2 x d floats, and `.query`/`.title` gather the vectors
+    of the rows asked for (train and score batch by batch to keep that small)."""
+
+    def __init__(self, query: torch.Tensor, title: torch.Tensor, dense: torch.Tensor, position: torch.Tensor,
+                 click: torch.Tensor, purchase: torch.Tensor, texts: torch.Tensor | None = None):
+        self._query, self._title = query, title  # (n, d) vectors, or (n,) indices into texts
+        self.dense = dense          # (n, len(DENSE_FEATURES))
+        self.position = position    # (n,) long, clipped to max_position
+        self.click = click          # (n,) float
+        self.purchase = purchase    # (n,) float
+        self.texts = texts          # (unique texts + 1, d) or None
+
+    @property
+    def query(self) -> torch.Tensor:
+        """(n, d) query embeddings, zeros where there is no query."""
+        return self._query if self.texts is None else self.texts[self._query]
+
+    @property
+    def title(self) -> torch.Tensor:
+        return self._title if self.texts is None else self.texts[self._title]
+
+    @property
+    def text_dim(self) -> int:
+        return int((self._query if self.texts is None else self.texts).shape[1])
 
     def __len__(self) -> int:
         return len(self.click)
 
+    def _columns(self) -> tuple[torch.Tensor, ...]:
+        return self._query, self._title, self.dense, self.position, self.click, self.purchase
+
     def subset(self, index) -> "Features":
         index = torch.as_tensor(index)
-        return Features(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+        return Features(*(column[index] for column in self._columns()), texts=self.texts)
 
     def to(self, device: str) -> "Features":
-        return Features(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        texts = None if self.texts is None else self.texts.to(device)
+        return Features(*(column.to(device) for column in self._columns()), texts=texts)
 
 
 def item_titles(impressions: pd.DataFrame, catalog: pd.DataFrame) -> list[str]:
@@ -46,20 +67,38 @@ def item_titles(impressions: pd.DataFrame, catalog: pd.DataFrame) -> list[str]:
     return impressions["item_id"].map(titles).tolist()
 
 
+def title_indices(impressions: pd.DataFrame, catalog: pd.DataFrame, table: EmbeddingTable,
+                  missing: int) -> np.ndarray:
+    """Row of each impression's item title in `table`, through the catalog's rows (no per-row strings);
+    `missing` for an item without a title."""
+    items = catalog.drop_duplicates("item_id").reset_index(drop=True)
+    item_row = pd.Index(items["item_id"]).get_indexer(impressions["item_id"])
+    shown = np.unique(item_row[item_row >= 0])  # items never shown need no embedding
+    title_of_item = np.full(len(items), missing, dtype=np.int64)
+    title_of_item[shown] = table.indices(items["title"].iloc[shown].reset_index(drop=True), missing)
+    return np.where(item_row >= 0, title_of_item[np.maximum(item_row, 0)], missing)
+
+
 def build(impressions: pd.DataFrame, catalog: pd.DataFrame, table: EmbeddingTable,
-          max_position: int) -> Features:
-    query = table.lookup(impressions["query"].tolist())
-    title = table.lookup(item_titles(impressions, catalog))
+          max_position: int, chunk_rows: int = 32_768) -> Features:
+    texts = np.vstack([table.vectors.astype(np.float32, copy=False), np.zeros((1, table.dim), np.float32)])
+    bad = ~np.isfinite(texts).all(axis=1)
+    if bad.any():
+        raise ValueError(f"the embedding of {int(bad.sum())} texts is not finite, "
+                         f"e.g. {table.texts[int(np.argmax(bad))]!r}")
+    query = table.indices(impressions["query"], missing=len(texts) - 1)
+    title = title_indices(impressions, catalog, table, missing=len(texts) - 1)
     price = impressions["price"].astype("float64")
+    cosine = np.empty(len(impressions), dtype=np.float32)
+    for start in range(0, len(impressions), chunk_rows):  # chunked: never an (n, d) array for the log
+        rows = slice(start, start + chunk_rows)
+        cosine[rows] = np.einsum("nd,nd->n", texts[query[rows]], texts[title[rows]])
     dense = np.column_stack([
-        (query * title).sum(axis=1),
+        cosine,
         np.log1p(price.fillna(0.0).clip(lower=0.0).to_numpy()),
         price.isna().to_numpy(dtype=np.float64),
         (impressions["surface"] == "search").to_numpy(dtype=np.float64),
     ]).astype(np.float32)
-    for name, block in (("query embedding", query), ("title embedding", title)):
-        if not np.isfinite(block).all():
-            raise ValueError(f"{name} is not finite for {int((~np.isfinite(block).all(axis=1)).sum())} rows")
     for i, name in enumerate(DENSE_FEATURES):
         bad = ~np.isfinite(dense[:, i])
         if bad.any():
@@ -73,4 +112,5 @@ def build(impressions: pd.DataFrame, catalog: pd.DataFrame, table: EmbeddingTabl
         position=torch.from_numpy(position),
         click=torch.from_numpy(impressions["clicked"].to_numpy(dtype=np.float32)),
         purchase=torch.from_numpy(impressions["purchased"].to_numpy(dtype=np.float32)),
+        texts=torch.from_numpy(texts),
     )

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import dumps_json
-from pipeline.features import item_titles
 from pipeline.html_page import cell, page, table
 from pipeline.svg_chart import histogram
 
@@ -27,36 +26,64 @@ def query_frequency(impressions: pd.DataFrame, head_min: int) -> pd.Series:
     return pd.Series(np.where(impressions["query"].isna(), "no query", bucket), index=impressions.index)
 
 
-def _summary(frame: pd.DataFrame, by: str) -> list[dict]:
-    grouped = frame.groupby(by, sort=True).agg(rows=("score", "size"), ctr=("clicked", "mean"),
-                                               mean_score=("score", "mean"), mean_weight=("weight", "mean"),
-                                               low_weight_share=("low", "mean"))
-    return [{by: str(k), "rows": int(row["rows"]),
-             **{c: round(float(v), 6) for c, v in row.items() if c != "rows"}} for k, row in grouped.iterrows()]
+def _summary(frame: pd.DataFrame, by) -> list[dict]:
+    """Rows, click rate, mean score and weight and the share of low weights per value of `by`, from sums
+    (so a coarser key can be rolled up from a finer one without touching the rows again)."""
+    sums = frame.groupby(by, sort=True).agg(rows=("score", "size"), clicks=("clicked", "sum"),
+                                            score=("score", "sum"), weight=("weight", "sum"), low=("low", "sum"))
+    return _means(sums, by if isinstance(by, str) else by.name)
+
+
+def _means(sums: pd.DataFrame, name: str) -> list[dict]:
+    means = pd.DataFrame({"ctr": sums["clicks"] / sums["rows"], "mean_score": sums["score"] / sums["rows"],
+                          "mean_weight": sums["weight"] / sums["rows"], "low_weight_share": sums["low"] / sums["rows"]})
+    return [{name: str(k), "rows": int(sums.loc[k, "rows"]), **{c: round(float(v), 6) for c, v in row.items()}}
+            for k, row in means.iterrows()]
+
+
+def _category_summary(frame: pd.DataFrame, catalog: pd.DataFrame) -> list[dict]:
+    """By top-level catalog category: summed per item first, then rolled up (no per-row category strings)."""
+    per_item = frame.groupby("item_id", sort=False).agg(rows=("score", "size"), clicks=("clicked", "sum"),
+                                                         score=("score", "sum"), weight=("weight", "sum"),
+                                                         low=("low", "sum"))
+    categories = catalog.drop_duplicates("item_id").set_index("item_id")["category"]
+    top = per_item.index.to_series().map(categories).fillna("(none)").str.split(">").str[0]
+    return _means(per_item.groupby(top.rename("category").to_numpy(), sort=True).sum(), "category")
 
 
 def facts(scores: pd.DataFrame, impressions: pd.DataFrame, catalog: pd.DataFrame, estimator: str,
           cfg: dict) -> dict:
-    frame = impressions.merge(scores[["event_id", "score", "weight"]], on="event_id", how="inner")
-    frame["title"] = item_titles(frame, catalog)
-    categories = catalog.drop_duplicates("item_id").set_index("item_id")["category"]
-    frame["category"] = frame["item_id"].map(categories).fillna("(none)").str.split(">").str[0]
-    frame["query_frequency"] = query_frequency(frame, int(cfg["head_query_min_requests"]))
+    """The report's facts. Everything per row stays numeric or a column of the log: titles and pseudonyms
+    are looked up only for the rows shown, so a 10M-row log costs a few columns, not a copy of itself."""
+    columns = ["event_id", "request_id", "session_id", "user_id", "surface", "query", "item_id", "position",
+               "clicked", "purchased"]
+    aligned = len(scores) == len(impressions) and (scores["event_id"].to_numpy() == impressions["event_id"].to_numpy()).all()
+    if aligned:
+        frame = impressions[columns].assign(score=scores["score"].to_numpy(), weight=scores["weight"].to_numpy())
+    else:
+        frame = impressions[columns].merge(scores[["event_id", "score", "weight"]], on="event_id", how="inner")
     frame["low"] = frame["weight"] < float(cfg["low_weight"])
-    frame["user"] = [pseudonym(u, str(cfg["pseudonym_salt"])) for u in frame["user_id"]]
+    salt = str(cfg["pseudonym_salt"])
+    titles = catalog.drop_duplicates("item_id").set_index("item_id")["title"]
     n = int(cfg["rows_shown"])
-    lowest = frame.nsmallest(n, "score")
-    sessions = frame.groupby("session_id").agg(user=("user", "first"), impressions=("score", "size"),
+    lowest = frame.nsmallest(n, "score").assign(
+        user=lambda f: [pseudonym(u, salt) for u in f["user_id"]], title=lambda f: f["item_id"].map(titles))
+    sessions = frame.groupby("session_id").agg(user_id=("user_id", "first"), impressions=("score", "size"),
                                                clicks=("clicked", "sum"), mean_score=("score", "mean"))
-    sessions = sessions[sessions["impressions"] >= int(cfg["min_session_impressions"])]
-    users = frame.groupby("user").agg(impressions=("score", "size"), clicks=("clicked", "sum"),
-                                      ctr=("clicked", "mean"), mean_weight=("weight", "mean"))
+    sessions = sessions[sessions["impressions"] >= int(cfg["min_session_impressions"])].nsmallest(n, "mean_score")
+    sessions["user"] = [pseudonym(u, salt) for u in sessions["user_id"]]
+    users = frame.groupby("user_id").agg(impressions=("score", "size"), clicks=("clicked", "sum"),
+                                         ctr=("clicked", "mean"), mean_weight=("weight", "mean"))
     overall_ctr = float(frame["clicked"].mean())
     bot_like = users[(users["impressions"] >= int(cfg["min_session_impressions"]))
                      & (users["ctr"] >= float(cfg["bot_ctr_multiple"]) * overall_ctr)]
-    items = frame.groupby("item_id").agg(title=("title", "first"), clicks=("clicked", "sum"),
-                                         purchases=("purchased", "sum"), mean_weight=("weight", "mean"))
+    bot_like = bot_like.sort_values("ctr", ascending=False).head(n)
+    bot_like = bot_like.set_index(pd.Index([pseudonym(u, salt) for u in bot_like.index], name="user"))
+    items = frame.groupby("item_id").agg(clicks=("clicked", "sum"), purchases=("purchased", "sum"),
+                                         mean_weight=("weight", "mean"))
     never_convert = items[(items["clicks"] >= int(cfg["min_item_clicks"])) & (items["purchases"] == 0)]
+    never_convert = never_convert.sort_values("clicks", ascending=False).head(n)
+    never_convert.insert(0, "title", never_convert.index.to_series().map(titles))
 
     def records(df: pd.DataFrame, columns: list[str]) -> list[dict]:
         out = df.reset_index()[columns].astype(object).where(df.reset_index()[columns].notna(), None)
@@ -74,14 +101,13 @@ def facts(scores: pd.DataFrame, impressions: pd.DataFrame, catalog: pd.DataFrame
         "lowest": records(lowest, ["event_id", "user", "surface", "query", "title", "position", "clicked",
                                    "purchased", "score", "weight"]),
         "by_surface": _summary(frame, "surface"),
-        "by_category": _summary(frame, "category"),
+        "by_category": _category_summary(frame, catalog),
         "by_position": _summary(frame, "position"),
-        "by_query_frequency": _summary(frame, "query_frequency"),
-        "suspicious_sessions": records(sessions.nsmallest(n, "mean_score"),
-                                       ["session_id", "user", "impressions", "clicks", "mean_score"]),
-        "bot_like_users": records(bot_like.sort_values("ctr", ascending=False).head(n),
-                                  ["user", "impressions", "clicks", "ctr", "mean_weight"]),
-        "items_whose_clicks_never_convert": records(never_convert.sort_values("clicks", ascending=False).head(n),
+        "by_query_frequency": _summary(frame, query_frequency(frame, int(cfg["head_query_min_requests"]))
+                                       .rename("query_frequency")),
+        "suspicious_sessions": records(sessions, ["session_id", "user", "impressions", "clicks", "mean_score"]),
+        "bot_like_users": records(bot_like, ["user", "impressions", "clicks", "ctr", "mean_weight"]),
+        "items_whose_clicks_never_convert": records(never_convert,
                                                     ["item_id", "title", "clicks", "purchases", "mean_weight"]),
     }, frame
 

@@ -51,7 +51,7 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict)
     rows, calibration_rows = data.train_index[~calibration_mask], data.train_index[calibration_mask]
     weights = aligned_weights(data.impressions["event_id"].iloc[rows].reset_index(drop=True), weights_file)
     train_x = data.x.subset(rows)
-    model = ranker.new_model(data.x.query.shape[1], params["ranker"], seed, train_x)
+    model = ranker.new_model(data.x.text_dim, params["ranker"], seed, train_x)
     started = time.perf_counter()
     with tqdm(total=len(rows) * cfg["epochs"], desc="train", unit="row", unit_scale=True) as bar:
         history = ranker.fit(model, train_x, weights, cfg, seed, device, cfg["epochs"], progress=bar)

@@ -154,9 +154,12 @@ class Coded:
 def encode(impressions: pd.DataFrame, max_position: int) -> Coded:
     # Searches are keyed by query, recommendations by surface: a recommendation's context is the list.
     context = impressions["query"].where(impressions["surface"] == "search", "\x00" + impressions["surface"])
-    pair = pd.DataFrame({"c": context.fillna("\x00"), "i": impressions["item_id"]}).groupby(
-        ["c", "i"], sort=True).ngroup().to_numpy(dtype=np.int64)
     item, item_values = pd.factorize(impressions["item_id"], sort=True)
+    context_code, _ = pd.factorize(context.fillna("\x00"), sort=True)
+    # Integer pair keys in (context, item) order: the codes of a sorted groupby over the two strings,
+    # without hashing string pairs for every row.
+    pair, _ = pd.factorize(context_code.astype(np.int64) * max(len(item_values), 1) + item, sort=True)
+    pair = pair.astype(np.int64)
     session, _ = pd.factorize(impressions["session_id"], sort=True)
     return Coded(
         position=impressions["position"].to_numpy(dtype=np.int64).clip(1, max_position),

@@ -106,7 +106,7 @@ def score(ctx: Context) -> pd.DataFrame:
 
     def fold_values(fold, fit_rows, score_rows, holdout_rows):
         fit_x = day.x.subset(fit_rows)
-        model = ranker.new_model(day.x.query.shape[1], ctx.params["ranker"], ctx.seed + fold, fit_x)
+        model = ranker.new_model(day.x.text_dim, ctx.params["ranker"], ctx.seed + fold, fit_x)
         rate = float(fit_x.click.mean())
         if 0 < rate < 1:
             # A calibrated start: the thresholds compare probabilities, so an undertrained intercept

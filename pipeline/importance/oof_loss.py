@@ -22,7 +22,7 @@ def score(ctx: Context) -> pd.DataFrame:
 
     def fold_values(fold, fit_rows, score_rows, holdout_rows):
         fit_x = day.x.subset(fit_rows)
-        model = ranker.new_model(day.x.query.shape[1], ctx.params["ranker"], ctx.seed + fold, fit_x)
+        model = ranker.new_model(day.x.text_dim, ctx.params["ranker"], ctx.seed + fold, fit_x)
         ranker.fit(model, fit_x, None, ctx.params["train"], ctx.seed + fold, ctx.device, epochs=int(cfg["epochs"]))
         return (ranker.click_losses(model, day.x.subset(score_rows), ctx.device),
                 ranker.click_losses(model, day.x.subset(holdout_rows), ctx.device))

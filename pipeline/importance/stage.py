@@ -51,7 +51,10 @@ def summarise(table: pd.DataFrame, estimator: str, cost_class: str) -> dict:
 
 def checked_scores(event_ids: pd.Series, scores: pd.DataFrame, estimator: str) -> pd.DataFrame:
     """The scores in the order of `event_ids`: exactly one finite score for each of them, no others."""
-    table = event_ids.to_frame().merge(scores, on="event_id", how="left", validate="one_to_one")
+    if len(scores) == len(event_ids) and (scores["event_id"].to_numpy() == event_ids.to_numpy()).all():
+        table = scores[["event_id", "score"]].reset_index(drop=True)  # already in log order: no join
+    else:
+        table = event_ids.to_frame().merge(scores, on="event_id", how="left", validate="one_to_one")
     bad = table.loc[~np.isfinite(table["score"].astype(float).fillna(np.nan)), "event_id"]
     if len(bad):
         raise RuntimeError(f"estimator {estimator!r} left {len(bad)} events without a finite score, "

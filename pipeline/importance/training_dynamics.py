@@ -131,7 +131,7 @@ def train_and_record(ctx: Context, cfg: dict, name: str) -> DynamicsRecorder:
 
     train = day.train_index
     fit_x = day.x.subset(train)
-    model = ranker.new_model(day.x.query.shape[1], ctx.params["ranker"], ctx.seed, fit_x).to(device)
+    model = ranker.new_model(day.x.text_dim, ctx.params["ranker"], ctx.seed, fit_x).to(device)
     # Start at the base rate: otherwise the first checkpoints only show the intercept being learned,
     # and every click looks "learned" while the predicted rate is still near 0.5.
     with torch.no_grad():
