@@ -1,8 +1,6 @@
-"""Unit tests of the behaviour-based estimators: the position-based click model, position IPW,
-collaborative agreement and KNN-Shapley, on plain arrays and on small synthetic logs."""
+"""Unit tests of the behaviour-based estimators: the position-based click model, position IPW and
+collaborative agreement, on plain arrays and on small synthetic logs (KNN-Shapley: test_knn_shapley.py)."""
 import copy
-import itertools
-import math
 
 import numpy as np
 import pandas as pd
@@ -13,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from conftest import tiny_params
 from pipeline.dataset import DayData
 from pipeline.features import DENSE_FEATURES, Features, holdout_mask
-from pipeline.importance import click_model, collaborative, knn_shapley, position_ipw, registry
+from pipeline.importance import click_model, collaborative, position_ipw, registry
 from pipeline.importance.registry import Context
 
 NAMES = ("click_model", "position_ipw", "collaborative", "knn_shapley")
@@ -84,69 +82,6 @@ def test_one_session_clicking_the_bottom_is_less_likely_than_one_clicking_the_to
 def test_fit_pbm_rejects_a_log_without_clicks():
     with pytest.raises(ValueError, match="no clicks"):
         fit(np.array([1, 2, 3]), np.array([0, 1, 2]), np.zeros(3))
-
-
-# KNN-Shapley.
-
-def brute_force_shapley(points, labels, val_points, val_labels, k):
-    """Shapley values by enumerating every permutation, for the KNN utility of Jia et al. 2019:
-    U(S) = mean over validation points of (1/K) * #(of the min(K, |S|) nearest in S, those with its label)."""
-    n = len(points)
-
-    def utility(subset):
-        if not subset:
-            return 0.0
-        total = 0.0
-        for v, y in zip(val_points, val_labels):
-            d = [(float(np.linalg.norm(points[i] - v)), i) for i in subset]
-            nearest = [i for _, i in sorted(d)[:k]]
-            total += sum(labels[i] == y for i in nearest) / k
-        return total / len(val_points)
-
-    values = np.zeros(n)
-    perms = list(itertools.permutations(range(n)))
-    for perm in perms:
-        before = []
-        for i in perm:
-            values[i] += utility(before + [i]) - utility(before)
-            before.append(i)
-    return values / len(perms)
-
-
-def test_knn_shapley_recursion_matches_brute_force_permutations():
-    rng = np.random.default_rng(3)
-    points = rng.normal(size=(5, 2))
-    labels = np.array([1, 0, 1, 1, 0])
-    val_points = rng.normal(size=(2, 2))
-    val_labels = np.array([1, 0])
-    expected = brute_force_shapley(points, labels, val_points, val_labels, k=2)
-    got = knn_shapley.knn_shapley(torch.tensor(points), torch.tensor(labels), torch.tensor(val_points),
-                                  torch.tensor(val_labels), k=2, max_pairs_per_block=1_000)
-    np.testing.assert_allclose(got.numpy(), expected, atol=1e-12)
-    # Efficiency: the values add up to the utility of the whole set.
-    assert got.sum().item() == pytest.approx(sum(
-        sum(labels[i] == y for i in np.argsort(np.linalg.norm(points - v, axis=1))[:2]) / 2
-        for v, y in zip(val_points, val_labels)) / 2)
-
-
-def test_knn_shapley_blocks_do_not_change_the_values():
-    rng = np.random.default_rng(4)
-    points, val_points = torch.tensor(rng.normal(size=(40, 3))), torch.tensor(rng.normal(size=(13, 3)))
-    labels, val_labels = torch.tensor(rng.integers(0, 2, 40)), torch.tensor(rng.integers(0, 2, 13))
-    whole = knn_shapley.knn_shapley(points, labels, val_points, val_labels, 3, max_pairs_per_block=10_000)
-    one_at_a_time = knn_shapley.knn_shapley(points, labels, val_points, val_labels, 3, max_pairs_per_block=1)
-    torch.testing.assert_close(whole, one_at_a_time, rtol=0, atol=1e-12)
-
-
-def test_knn_shapley_values_a_mislabelled_point_below_its_neighbours():
-    rng = np.random.default_rng(5)
-    points = np.concatenate([rng.normal(0, 0.3, (20, 2)), rng.normal(3, 0.3, (20, 2))])
-    labels = np.repeat([0, 1], 20)
-    labels[0] = 1  # a click among non-clicks
-    val_points = np.concatenate([rng.normal(0, 0.3, (10, 2)), rng.normal(3, 0.3, (10, 2))])
-    values = knn_shapley.knn_shapley(torch.tensor(points), torch.tensor(labels), torch.tensor(val_points),
-                                     torch.tensor(np.repeat([0, 1], 10)), 5, 1_000).numpy()
-    assert values[0] < 0 < values[1:20].min()
 
 
 # Collaborative agreement.
@@ -365,18 +300,3 @@ def test_a_training_slice_without_clicks_is_a_clear_error(name):
     ctx.data.x.click[torch.as_tensor(train)] = 0.0
     with pytest.raises(ValueError, match="no clicks"):
         registry.get(name).score(ctx)
-
-
-def test_knn_shapley_needs_a_holdout_slice():
-    ctx = synthetic_context(seed=17)
-    ctx.data.holdout = np.zeros(len(ctx.data.impressions), dtype=bool)
-    with pytest.raises(ValueError, match="holdout slice"):
-        registry.get("knn_shapley").score(ctx)
-
-
-def test_knn_shapley_caps_the_validation_points():
-    params = tiny_params()
-    params["importance"]["estimators"]["knn_shapley"]["max_validation"] = 50
-    scores = registry.get("knn_shapley").score(synthetic_context(seed=18, params=params))["score"]
-    assert np.isfinite(scores).all() and scores.std() > 0
-    assert math.isfinite(float(scores.sum()))
