@@ -92,6 +92,12 @@ def read_impressions(data_dir: str | Path, day: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
+def same_event_ids(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two event_id columns hold the same ids in the same order; compared as Arrow strings, so
+    no Python string object is made per row (to_numpy() would make 10M of them for a 10M-row log)."""
+    return len(a) == len(b) and bool((a.reset_index(drop=True) == b.reset_index(drop=True)).all())
+
+
 def read_impressions_of_days(data_dir: str | Path, days: list[str]) -> pd.DataFrame:
     """The impressions of several validated days as one frame, converted from Arrow once and column by
     column (`self_destruct`), so a 10M-row log never exists twice in memory as it would via pd.concat.

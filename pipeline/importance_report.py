@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import dumps_json
+from pipeline.contract import same_event_ids
 from pipeline.html_page import cell, page, table
 from pipeline.svg_chart import histogram
 
@@ -19,17 +20,18 @@ def pseudonym(user_id, salt: str) -> str:
 
 
 def query_frequency(impressions: pd.DataFrame, head_min: int) -> pd.Series:
-    """head / tail query by how many requests asked it; recommendations have no query."""
+    """head / tail query by how many requests asked it; recommendations have no query. Categorical, so
+    a 10M-row log holds one byte per row, not a string."""
     per_query = impressions.drop_duplicates("request_id").groupby("query")["request_id"].size()
-    counts = impressions["query"].map(per_query)
-    bucket = np.where(counts >= head_min, "head", "tail")
-    return pd.Series(np.where(impressions["query"].isna(), "no query", bucket), index=impressions.index)
+    counts = impressions["query"].map(per_query).to_numpy(dtype=np.float64, na_value=np.nan)
+    codes = np.where(impressions["query"].isna().to_numpy(), 1, np.where(counts >= head_min, 0, 2)).astype(np.int8)
+    return pd.Series(pd.Categorical.from_codes(codes, ["head", "no query", "tail"]), index=impressions.index)
 
 
 def _summary(frame: pd.DataFrame, by) -> list[dict]:
     """Rows, click rate, mean score and weight and the share of low weights per value of `by`, from sums
     (so a coarser key can be rolled up from a finer one without touching the rows again)."""
-    sums = frame.groupby(by, sort=True).agg(rows=("score", "size"), clicks=("clicked", "sum"),
+    sums = frame.groupby(by, sort=True, observed=True).agg(rows=("score", "size"), clicks=("clicked", "sum"),
                                             score=("score", "sum"), weight=("weight", "sum"), low=("low", "sum"))
     return _means(sums, by if isinstance(by, str) else by.name)
 
@@ -57,8 +59,7 @@ def facts(scores: pd.DataFrame, impressions: pd.DataFrame, catalog: pd.DataFrame
     are looked up only for the rows shown, so a 10M-row log costs a few columns, not a copy of itself."""
     columns = ["event_id", "request_id", "session_id", "user_id", "surface", "query", "item_id", "position",
                "clicked", "purchased"]
-    aligned = len(scores) == len(impressions) and (scores["event_id"].to_numpy() == impressions["event_id"].to_numpy()).all()
-    if aligned:
+    if same_event_ids(scores["event_id"], impressions["event_id"]):
         frame = impressions[columns].assign(score=scores["score"].to_numpy(), weight=scores["weight"].to_numpy())
     else:
         frame = impressions[columns].merge(scores[["event_id", "score", "weight"]], on="event_id", how="inner")

@@ -79,13 +79,29 @@ def fit_pbm(position, pair, item, click, *, n_pairs: int, n_items: int, max_posi
     alpha_item = np.full(n_items, alpha_global)
     alpha = np.full(n_pairs, alpha_global)
     previous, it, ll = -np.inf, 0, -np.inf
+    clicked = click > 0
+    # The per-row arrays below are computed in place where possible: on a 10M-row log each temporary
+    # is 80 MB, and the naive expressions keep about a dozen of them alive at once.
     for it in range(1, int(iterations) + 1):
         t, a = theta[position], alpha[pair]
-        p = np.clip(t * a, eps, 1 - eps)
-        ll = float(np.mean(click * np.log(p) + (1 - click) * np.log1p(-p)))
+        p = np.multiply(t, a)
+        np.clip(p, eps, 1 - eps, out=p)
+        terms = np.log1p(-p)
+        terms[clicked] = np.log(p[clicked])
+        ll = float(np.mean(terms))
+        del terms
+        not_p = np.subtract(1.0, p)
+        del p
         # E-step: posteriors of examined and attractive; a click means both.
-        post_e = click + (1 - click) * t * (1 - a) / (1 - p)
-        post_a = click + (1 - click) * (1 - t) * a / (1 - p)
+        post_e = np.subtract(1.0, a)
+        post_e *= t
+        post_e /= not_p
+        post_e[clicked] = 1.0
+        post_a = np.subtract(1.0, t)
+        post_a *= a
+        post_a /= not_p
+        post_a[clicked] = 1.0
+        del t, a, not_p
         # M-step.
         theta = np.bincount(position, weights=post_e, minlength=size) / np.maximum(n_at, 1)
         alpha_global = float(np.clip(post_a.mean(), eps, 1 - eps))

@@ -38,7 +38,7 @@ class Context:
     def select(self, scores: np.ndarray) -> pd.DataFrame:
         """The output frame for the rows to score, from a score for every row of the log."""
         rows = self.rows_to_score()
-        return pd.DataFrame({"event_id": self.data.impressions["event_id"].to_numpy()[rows],
+        return pd.DataFrame({"event_id": self.data.impressions["event_id"].iloc[rows].reset_index(drop=True),
                              "score": np.asarray(scores)[rows]})
 
 

@@ -51,18 +51,20 @@ def summarise(table: pd.DataFrame, estimator: str, cost_class: str) -> dict:
 
 def checked_scores(event_ids: pd.Series, scores: pd.DataFrame, estimator: str) -> pd.DataFrame:
     """The scores in the order of `event_ids`: exactly one finite score for each of them, no others."""
-    if len(scores) == len(event_ids) and (scores["event_id"].to_numpy() == event_ids.to_numpy()).all():
+    from pipeline.contract import same_event_ids
+
+    if same_event_ids(scores["event_id"], event_ids):
         table = scores[["event_id", "score"]].reset_index(drop=True)  # already in log order: no join
     else:
         table = event_ids.to_frame().merge(scores, on="event_id", how="left", validate="one_to_one")
+        extra = scores.loc[~scores["event_id"].isin(event_ids), "event_id"]
+        if len(extra):
+            raise ValueError(f"{len(extra)} scored events are not in the log, e.g. {extra.iloc[0]}: "
+                             "the scores come from another log")
     bad = table.loc[~np.isfinite(table["score"].astype(float).fillna(np.nan)), "event_id"]
     if len(bad):
         raise RuntimeError(f"estimator {estimator!r} left {len(bad)} events without a finite score, "
                            f"e.g. {bad.iloc[0]}")
-    extra = scores.loc[~scores["event_id"].isin(event_ids), "event_id"]
-    if len(extra):
-        raise ValueError(f"{len(extra)} scored events are not in the log, e.g. {extra.iloc[0]}: "
-                         "the scores come from another log")
     return table
 
 
@@ -138,7 +140,8 @@ def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path
             write_shard(tmp, table, estimator.name, shard, len(impressions))
         return table
     groups = impressions[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
-    table["weight"] = transform(table["score"].to_numpy(), cfg, groups, impressions["session_id"].to_numpy(),
+    sessions, _ = pd.factorize(impressions["session_id"])  # integer codes: no Python string per row
+    table["weight"] = transform(table["score"].to_numpy(), cfg, groups, sessions,
                                 vectors, stage_seed(params, "importance:clusters"))
     table["split"] = np.where(holdout, "holdout", "train")
     metrics = summarise(table, estimator.name, estimator.cost_class)
