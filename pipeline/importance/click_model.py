@@ -29,8 +29,14 @@ class PBM:
     iterations: int
 
 
+def _codes(values) -> np.ndarray:
+    """Integer codes as given (int32 codes stay int32: half the memory on a large log), else int64."""
+    values = np.asarray(values)
+    return values if values.dtype.kind in "iu" else values.astype(np.int64)
+
+
 def _check_arrays(position, pair, item, click, n_pairs: int, n_items: int, max_position: int):
-    position, pair, item = (np.asarray(a, dtype=np.int64) for a in (position, pair, item))
+    position, pair, item = (_codes(a) for a in (position, pair, item))
     click = np.asarray(click, dtype=np.float64)
     n = len(click)
     if not (len(position) == len(pair) == len(item) == n):
@@ -137,7 +143,7 @@ def _fill_unseen(theta: np.ndarray, seen: np.ndarray) -> np.ndarray:
 
 def click_probability(model: PBM, position, pair, eps: float = 1e-4) -> np.ndarray:
     """P(click) = examination(position) * attractiveness(pair), kept inside (eps, 1 - eps)."""
-    p = model.examination[np.asarray(position, dtype=np.int64)] * model.attractiveness[np.asarray(pair, dtype=np.int64)]
+    p = model.examination[_codes(position)] * model.attractiveness[_codes(pair)]
     return np.clip(p, eps, 1 - eps)
 
 
@@ -148,7 +154,7 @@ def impression_log_likelihood(p_click, click) -> np.ndarray:
 
 def session_log_likelihood(p_click, click, session) -> np.ndarray:
     """Per row: the mean log-likelihood of the clicks of the row's session (session = integer codes)."""
-    session = np.asarray(session, dtype=np.int64)
+    session = _codes(session)
     ll = impression_log_likelihood(p_click, click)
     total = np.bincount(session, weights=ll)
     count = np.bincount(session)
@@ -175,11 +181,11 @@ def encode(impressions: pd.DataFrame, max_position: int) -> Coded:
     # Integer pair keys in (context, item) order: the codes of a sorted groupby over the two strings,
     # without hashing string pairs for every row.
     pair, _ = pd.factorize(context_code.astype(np.int64) * max(len(item_values), 1) + item, sort=True)
-    pair = pair.astype(np.int64)
+    pair = pair.astype(np.int32)
     session, _ = pd.factorize(impressions["session_id"], sort=True)
     return Coded(
-        position=impressions["position"].to_numpy(dtype=np.int64).clip(1, max_position),
-        pair=pair, item=item.astype(np.int64), session=session.astype(np.int64),
+        position=impressions["position"].to_numpy(dtype=np.int64).clip(1, max_position).astype(np.int32),
+        pair=pair, item=item.astype(np.int32), session=session.astype(np.int32),
         click=impressions["clicked"].to_numpy(dtype=np.float64),
         n_pairs=int(pair.max()) + 1 if len(pair) else 0, n_items=len(item_values),
     )

@@ -98,7 +98,8 @@ def popularity_rate(item, click, train: np.ndarray, user, prior_strength: float)
     n_items = int(item.max()) + 1
     clicks_i = np.bincount(item, weights=t_click, minlength=n_items)
     seen_i = np.bincount(item, weights=t_seen, minlength=n_items)
-    pair = pd.DataFrame({"u": user, "i": item}).groupby(["u", "i"], sort=False).ngroup().to_numpy()
+    # (user, item) pair codes in order of first appearance, from one integer key per row.
+    pair, _ = pd.factorize(user.astype(np.int64) * n_items + item)
     own_clicks = np.bincount(pair, weights=t_click)[pair]
     own_seen = np.bincount(pair, weights=t_seen)[pair]
     seen = seen_i[item] - own_seen + prior_strength
@@ -122,12 +123,12 @@ def score(ctx: Context) -> pd.DataFrame:
     if entity not in imp:
         raise ValueError(f"collaborative: user_column {entity!r} is not a column of the log")
     user, users = pd.factorize(imp[entity], sort=True)
-    item, _ = pd.factorize(imp["item_id"], sort=True)
+    item, item_ids = pd.factorize(imp["item_id"], sort=True)
     beta = float(cfg["fallback_strength"])
     popularity = np.minimum(popularity_rate(item, click, train, user, float(cfg["rate_prior_strength"])),
                             float(cfg["max_popularity_ratio"]))
     clicked_train = train & (click == 1)
-    levels = _levels(imp, day.catalog, item, cfg)
+    levels = _levels(item_ids, day.catalog, item, cfg)
     total_weight = sum(w for _, w in levels)
     agreement = np.zeros(len(imp), dtype=np.float64)
     for key, weight in levels:
@@ -146,15 +147,17 @@ def score(ctx: Context) -> pd.DataFrame:
     return ctx.select(values)
 
 
-def _levels(imp: pd.DataFrame, catalog: pd.DataFrame, item: np.ndarray, cfg: dict) -> list[tuple[np.ndarray, float]]:
-    """(key codes, weight) per level: the item, and the catalog category (an item without one is its own key)."""
+def _levels(item_ids: pd.Index, catalog: pd.DataFrame, item: np.ndarray, cfg: dict) -> list[tuple[np.ndarray, float]]:
+    """(key codes, weight) per level: the item, and the catalog category (an item without one is its own key).
+    Keys are worked out per item (`item_ids`, in code order) and gathered per row: no string per row."""
     levels = [(item.astype(np.int64), float(cfg["item_weight"]))]
     weight = float(cfg["category_weight"])
     if weight > 0 and "category" in catalog and catalog["category"].notna().any():
-        category = imp["item_id"].map(catalog.drop_duplicates("item_id").set_index("item_id")["category"])
-        key = category.where(category.notna(), "\x00item:" + imp["item_id"].astype(str))
+        items = pd.Series(item_ids, dtype=object)
+        category = items.map(catalog.drop_duplicates("item_id").set_index("item_id")["category"])
+        key = category.where(category.notna(), "\x00item:" + items.astype(str))
         codes, _ = pd.factorize(key, sort=True)
-        levels.append((codes.astype(np.int64), weight))
+        levels.append((codes.astype(np.int64)[item], weight))
     if sum(w for _, w in levels) <= 0:
         raise ValueError("collaborative: item_weight and category_weight must not both be 0")
     return levels
