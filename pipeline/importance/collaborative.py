@@ -91,20 +91,23 @@ def popularity_rate(item, click, train: np.ndarray, user, prior_strength: float)
     """Per row: the item's click rate among other users' training impressions, shrunk toward the
     global rate by prior_strength pseudo-impressions, divided by the global rate."""
     item, user = np.asarray(item, dtype=np.int64), np.asarray(user, dtype=np.int64)
-    click = np.asarray(click, dtype=np.float64)
-    t_click = np.where(train, click, 0.0)
+    t_click = np.where(train, np.asarray(click, dtype=np.float64), 0.0)
     t_seen = train.astype(np.float64)
     global_rate = t_click.sum() / max(t_seen.sum(), 1.0)
     n_items = int(item.max()) + 1
-    clicks_i = np.bincount(item, weights=t_click, minlength=n_items)
-    seen_i = np.bincount(item, weights=t_seen, minlength=n_items)
     # (user, item) pair codes in order of first appearance, from one integer key per row.
-    pair, _ = pd.factorize(user.astype(np.int64) * n_items + item)
-    own_clicks = np.bincount(pair, weights=t_click)[pair]
-    own_seen = np.bincount(pair, weights=t_seen)[pair]
-    seen = seen_i[item] - own_seen + prior_strength
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.where(seen > 0, (clicks_i[item] - own_clicks + prior_strength * global_rate) / seen, global_rate)
+    pair, _ = pd.factorize(user * n_items + item)
+    # Row-sized arrays are built in place, one at a time: a 10M-row log makes each of them 80 MB.
+    numerator = np.bincount(item, weights=t_click, minlength=n_items)[item]
+    numerator -= np.bincount(pair, weights=t_click)[pair]
+    del t_click
+    numerator += prior_strength * global_rate
+    seen = np.bincount(item, weights=t_seen, minlength=n_items)[item]
+    seen -= np.bincount(pair, weights=t_seen)[pair]
+    del t_seen, pair
+    seen += prior_strength
+    rate = np.divide(numerator, seen, out=numerator, where=seen > 0)
+    rate[~(seen > 0)] = global_rate
     return rate / max(global_rate, 1e-12)
 
 
