@@ -47,6 +47,13 @@ class Features:
     def text_dim(self) -> int:
         return int((self._query if self.texts is None else self.texts).shape[1])
 
+    def with_texts(self, texts: torch.Tensor) -> "Features":
+        """The same rows gathering their text vectors from `texts` (same rows, other vectors: for
+        example projected ones); only for rows that hold text indices."""
+        if self.texts is None:
+            raise ValueError("with_texts: these rows hold their text vectors, not indices into a table")
+        return Features(*self._columns(), texts=texts)
+
     def __len__(self) -> int:
         return len(self.click)
 

@@ -56,7 +56,6 @@ validation point among all rows of a slice: that search is shared by the rows, n
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -64,7 +63,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.features import Features
 from pipeline.importance.registry import Context, register
 
 NAME = "knn_shapley"
@@ -237,13 +235,6 @@ def _chunks(n: int) -> list[slice]:
     return [slice(start, min(start + PROJECTION_CHUNK_ROWS, n)) for start in range(0, n, PROJECTION_CHUNK_ROWS)]
 
 
-def _with_texts(x: Features, texts: torch.Tensor) -> Features:
-    """x with its rows gathering from `texts` instead of x.texts (for rows that hold text indices)."""
-    view = copy.copy(x)
-    view.texts = texts
-    return view
-
-
 def embed_text(ctx: Context, knobs: Knobs, rows: np.ndarray) -> torch.Tensor:
     """Text vector of `rows` of the log (projected to `projection_dim` when set), float32 on ctx.device,
     built in chunks of rows so no temporary holds more than a chunk."""
@@ -267,8 +258,8 @@ def embed_text(ctx: Context, knobs: Knobs, rows: np.ndarray) -> torch.Tensor:
     for chunk in _chunks(len(rows)):
         part = x.subset(rows[chunk])
         if gather:
-            out[chunk] += (_with_texts(part, projected_queries).query.to(device)
-                           + _with_texts(part, projected_titles).title.to(device))
+            out[chunk] += (part.with_texts(projected_queries).query.to(device)
+                           + part.with_texts(projected_titles).title.to(device))
         elif concat:
             out[chunk] += part.query.to(device).float() @ query_matrix + part.title.to(device).float() @ title_matrix
         if product:
