@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from ingest_memory import generate, run_ingest  # noqa: E402
+from ingest_memory import generate, run_ingest, run_measured  # noqa: E402
 
 TARGET_GIB = 4.0
 
@@ -51,19 +50,11 @@ def embed_texts(raw: Path, out: Path, params: dict) -> int:
 
 
 def run_importance(raw: Path, embeddings_dir: Path, estimator: str, out: Path, params: Path) -> dict:
-    command = [sys.executable, "-m", "pipeline", "importance", "--data", str(raw), "--embeddings",
-               str(embeddings_dir), "--estimator", estimator, "--params", str(params), "--out", str(out)]
-    started = time.perf_counter()
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = child.stdout.read()
-    # wait4 gives this child's own rusage, unlike RUSAGE_CHILDREN (the maximum over all children so far).
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"importance {estimator} exited {code}:\n{output}")
+    seconds, peak_gib, output = run_measured([
+        sys.executable, "-m", "pipeline", "importance", "--data", str(raw), "--embeddings", str(embeddings_dir),
+        "--estimator", estimator, "--params", str(params), "--out", str(out)])
     scored = pq.read_metadata(out / "scores.parquet").num_rows
-    return {"seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss / 2 ** 20, 3),
+    return {"seconds": round(seconds, 1), "peak_rss_gib": round(peak_gib, 3),
             "rows_scored": scored, "log_tail": output.strip().splitlines()[-3:]}
 
 

@@ -112,20 +112,27 @@ def generate(workdir: Path, rows: int, days: int, csv: bool, shuffled: bool) -> 
     return files
 
 
-def run_ingest(impressions: Path, catalog: Path, out: Path, params: Path) -> dict:
-    command = [sys.executable, "-m", "pipeline", "ingest", "--impressions", str(impressions),
-               "--catalog", str(catalog), "--out", str(out), "--params", str(params)]
+def run_measured(command: list[str]) -> tuple[float, float, str]:
+    """Run `command` from the repo root: (wall seconds, the child's own peak RSS in GiB, its output).
+    Exits with the output when the command fails."""
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = child.stdout.read()
     # wait4 gives this child's own rusage, unlike RUSAGE_CHILDREN, which keeps the maximum over all children.
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"ingest exited {child.returncode}:\n{output}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{' '.join(command[2:4])} exited {code}:\n{output}")
+    return seconds, usage.ru_maxrss / 2 ** 20, output
+
+
+def run_ingest(impressions: Path, catalog: Path, out: Path, params: Path) -> dict:
+    seconds, peak_gib, output = run_measured([sys.executable, "-m", "pipeline", "ingest", "--impressions",
+                                              str(impressions), "--catalog", str(catalog), "--out", str(out),
+                                              "--params", str(params)])
     rows_out = sum(pq.read_metadata(p).num_rows for p in (out / "impressions").glob("dt=*/part-*.parquet"))
-    return {"seconds": round(seconds, 2), "peak_rss_gib": round(usage.ru_maxrss / 2 ** 20, 3),
+    return {"seconds": round(seconds, 2), "peak_rss_gib": round(peak_gib, 3),
             "rows_written": rows_out, "days": sorted(p.name for p in (out / "impressions").glob("dt=*")),
             "parts": len(list((out / "impressions").glob("dt=*/part-*.parquet"))),
             "log_tail": output.strip().splitlines()[-4:]}

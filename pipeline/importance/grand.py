@@ -274,7 +274,7 @@ def _grand(ctx: Context, name: str, last_layer: bool) -> pd.DataFrame:
             else:
                 total += np.sqrt(gradient_sq_norms(model, day.x, kind, ctx.device, batch_size, rows))
             count += 1
-    return pd.DataFrame({"event_id": day.impressions["event_id"].to_numpy()[rows], "score": -total / count})
+    return ctx.output(-total / count)
 
 
 @register("grand", cost_class="per-sample-gradients", shardable=True)

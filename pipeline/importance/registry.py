@@ -35,11 +35,15 @@ class Context:
     def rows_to_score(self) -> np.ndarray:
         return np.arange(len(self.data.impressions)) if self.rows is None else np.asarray(self.rows)
 
-    def select(self, scores: np.ndarray) -> pd.DataFrame:
-        """The output frame for the rows to score, from a score for every row of the log."""
+    def output(self, scores: np.ndarray) -> pd.DataFrame:
+        """The output frame from one score per row to score, in the order of rows_to_score()."""
         rows = self.rows_to_score()
         return pd.DataFrame({"event_id": self.data.impressions["event_id"].iloc[rows].reset_index(drop=True),
-                             "score": np.asarray(scores)[rows]})
+                             "score": np.asarray(scores)})
+
+    def select(self, scores: np.ndarray) -> pd.DataFrame:
+        """The output frame for the rows to score, from a score for every row of the log."""
+        return self.output(np.asarray(scores)[self.rows_to_score()])
 
 
 @dataclass(frozen=True)

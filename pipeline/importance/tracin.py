@@ -92,7 +92,7 @@ def _tracin(ctx: Context, name: str, last_layer: bool) -> pd.DataFrame:
         else:
             sq = gradient_sq_norms(model, day.x, kind, ctx.device, batch_size, unvisited)
         influence[~visited] += train["learning_rate"] * sq
-    return pd.DataFrame({"event_id": day.impressions["event_id"].to_numpy()[rows], "score": -influence})
+    return ctx.output(-influence)
 
 
 @register("tracin", cost_class="per-sample-gradients", shardable=True)
