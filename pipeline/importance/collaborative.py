@@ -47,16 +47,20 @@ def click_agreement(click_user, click_key, user, key, own_click, fallback, *, n_
     `own_click[r]` is True when row r is itself one of the clicks (it is then left out of u's clicks);
     `fallback[r]` in [0, 1] is the prior agreement, weighted as `beta` pseudo-clicks.
     """
-    similarity_sum, m = similarity_sums(click_user, click_key, user, key, own_click, n_users=n_users,
-                                        n_keys=n_keys, user_batch=user_batch)
-    return np.clip((similarity_sum + beta * np.asarray(fallback, dtype=np.float64)) / (m + beta), 0.0, 1.0)
+    agreement, m = similarity_sums(click_user, click_key, user, key, own_click, n_users=n_users,
+                                   n_keys=n_keys, user_batch=user_batch)
+    # In place: each row-sized temporary is 80 MB on a 10M-row log.
+    agreement += beta * np.asarray(fallback, dtype=np.float64)
+    m += beta
+    agreement /= m
+    return np.clip(agreement, 0.0, 1.0, out=agreement)
 
 
 def similarity_sums(click_user, click_key, user, key, own_click, *, n_users: int, n_keys: int,
                     user_batch: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the sum of similarities between key[r] and user[r]'s other clicks, and how many those are."""
     user, key = np.asarray(user, dtype=np.int64), np.asarray(key, dtype=np.int64)
-    own = np.asarray(own_click, dtype=np.float64)
+    own_click = np.asarray(own_click)
     counts, co, n = _cosine_parts(np.asarray(click_user, dtype=np.int64), np.asarray(click_key, dtype=np.int64),
                                   n_users, n_keys)
     # w_uj = R_uj / sqrt(n_j - 1): cosine weights of u's clicks with u left out of j's users.
@@ -65,26 +69,31 @@ def similarity_sums(click_user, click_key, user, key, own_click, *, n_users: int
     w.data = w.data / np.where(others > 0, others, np.inf)[w.indices]
     w_total = np.asarray(w.sum(axis=1)).ravel()
     clicks_of = np.asarray(counts.sum(axis=1)).ravel()
-    same = np.asarray(counts[user, key]).ravel()  # u's clicks on this very key
-    b_ui = (same > 0).astype(np.float64)
-    w_ui = np.asarray(w[user, key]).ravel()
-    cross = np.zeros(len(user), dtype=np.float64)
+    similarity_sum = np.empty(len(user), dtype=np.float64)
+    clicks_beside = np.empty(len(user), dtype=np.float64)
     order = np.argsort(user, kind="stable")
     bounds = np.searchsorted(user[order], np.arange(0, n_users + user_batch, user_batch))
+    # Everything per row is worked out one block of users at a time: on a 10M-row log a whole-log
+    # temporary costs 80 MB, and the formula needs about ten of them.
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         if lo == hi:
             continue
         rows = order[lo:hi]
-        block_users, local = np.unique(user[rows], return_inverse=True)
+        u, k = user[rows], key[rows]
+        own = own_click[rows].astype(np.float64)
+        block_users, local = np.unique(u, return_inverse=True)
+        same = np.asarray(counts[u, k]).ravel()  # u's clicks on this very key
+        b_ui = (same > 0).astype(np.float64)
         # (W C)[u, i] = sum over u's other keys j of w_uj C_ij, for this block of users only.
-        product = (w[block_users] @ co).tocsr()
-        cross[rows] = np.asarray(product[local, key[rows]]).ravel()
-    # Leave u out of C_ij (u co-clicked i and j) and of n_i.
-    numerator = cross - b_ui * (w_total[user] - w_ui)
-    n_i_others = n[key] - b_ui
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cross_sim = np.where(n_i_others > 0, numerator / np.sqrt(np.maximum(n_i_others, 1.0)), 0.0)
-    return np.maximum(cross_sim, 0.0) + (same - own), clicks_of[user] - own
+        cross = np.asarray((w[block_users] @ co).tocsr()[local, k]).ravel()
+        # Leave u out of C_ij (u co-clicked i and j) and of n_i.
+        numerator = cross - b_ui * (w_total[u] - np.asarray(w[u, k]).ravel())
+        n_i_others = n[k] - b_ui
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cross_sim = np.where(n_i_others > 0, numerator / np.sqrt(np.maximum(n_i_others, 1.0)), 0.0)
+        similarity_sum[rows] = np.maximum(cross_sim, 0.0) + (same - own)
+        clicks_beside[rows] = clicks_of[u] - own
+    return similarity_sum, clicks_beside
 
 
 def popularity_rate(item, click, train: np.ndarray, user, prior_strength: float) -> np.ndarray:
@@ -145,9 +154,13 @@ def score(ctx: Context) -> pd.DataFrame:
         fallback = np.clip(neutral * popularity, 0.0, 1.0)
         a = click_agreement(user[clicked_train], key[clicked_train], user, key, clicked_train, fallback,
                             beta=beta, **kwargs)
-        agreement += weight / total_weight * a
-    values = np.where(click == 1, agreement, 1.0 - agreement)
-    return ctx.select(values)
+        a *= weight / total_weight
+        agreement += a
+        del a
+    # A non-click scores 1 - a; in place, like the rest of the row-sized arrays.
+    not_clicked = click != 1
+    np.subtract(1.0, agreement, out=agreement, where=not_clicked)
+    return ctx.select(agreement)
 
 
 def _levels(item_ids: pd.Index, catalog: pd.DataFrame, item: np.ndarray, cfg: dict) -> list[tuple[np.ndarray, float]]:
