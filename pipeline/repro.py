@@ -1,7 +1,7 @@
 """Run the retrain's DVC stages for one day: the command every Airflow task calls.
 
 Before `dvc repro` it writes the run's context into the workspace:
-  run/context.yaml   the day, which dvc.yaml interpolates into paths and commands
+  run/context.yaml   the day and the importance shards, which dvc.yaml interpolates into paths and commands
   run/window.json    the earlier days (and their content hashes) that drift is measured against
   run/baseline.json  the champion that served before that day (what evaluate and gate compare with)
 Both are rewritten only when their content changes, so an unchanged rerun is a DVC cache hit.
@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from pipeline import registry
 from pipeline.atomic import dumps_json, read_json, write_bytes_atomic
 from pipeline.days import parse_day
 from pipeline.params import load_params
 
-STAGES = ("validate", "pretrain", "importance", "train", "evaluate", "gate", "promote")
+STAGES = ("validate", "pretrain", "importance_shard", "importance", "train", "evaluate", "gate", "promote")
+# One DVC stage per shard: `importance_shard@K` scores shard K of importance.shards; the bare name runs all.
+SHARD_STAGE = "importance_shard"
+SHARDS_DIR = Path("work") / "importance_shards"
+SHARD_TARGET = re.compile(rf"^{SHARD_STAGE}@(\d+)$")
 # Exit code for "the day's data was rejected": retrying cannot help, unlike a crash.
 EXIT_DATA_REJECTED = 3
 # First words of the line that reports a rejection (the DAG shows that line as the failure reason).
@@ -30,7 +38,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=".", help="the DVC repository to run in")
     parser.add_argument("--day", required=True, help="YYYY-MM-DD: the run's data interval")
     parser.add_argument("stages", nargs="*", metavar="stage",
-                        help=f"stages to run, in order (default: all of {', '.join(STAGES)})")
+                        help=f"stages to run, in order (default: all of {', '.join(STAGES)}); "
+                             f"{SHARD_STAGE}@K runs shard K only")
+
+
+def shard_count(params: dict) -> int:
+    count = params["importance"].get("shards", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"importance.shards must be a whole number of at least 1, got {count!r}")
+    return count
+
+
+def shard_indices(workspace: str | Path) -> list[int]:
+    """The importance shards of the workspace's params: what the DAG maps its scoring task over."""
+    return list(range(shard_count(load_params(Path(workspace) / "params.yaml"))))
+
+
+def shard_dir(index: int, count: int) -> Path:
+    return SHARDS_DIR / f"{index}-of-{count}"
+
+
+def dvc_stage_names(count: int) -> list[str]:
+    """The names dvc.yaml gives the stages (and dvc.lock records) with `count` importance shards."""
+    return [name for stage in STAGES
+            for name in ([f"{SHARD_STAGE}@{k}" for k in range(count)] if stage == SHARD_STAGE else [stage])]
+
+
+def context_yaml(day: str, count: int) -> str:
+    shards = [{"index": k, "count": count} for k in range(count)]
+    dirs = " ".join(shard_dir(k, count).as_posix() for k in range(count))
+    return yaml.safe_dump({"day": day, "importance_shards": shards, "importance_shard_dirs": dirs},
+                          sort_keys=False)
+
+
+def prune_stale_shards(workspace: Path, count: int) -> None:
+    """Shard folders of another shard count (DVC keeps them in its cache) would sit in the combine
+    stage's input folder: remove them so it holds this plan's shards only."""
+    keep = {shard_dir(k, count).name for k in range(count)}
+    folder = workspace / SHARDS_DIR
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if path.is_dir() and path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def write_if_changed(path: Path, content: str) -> None:
@@ -46,7 +94,9 @@ def prepare(workspace: Path, day: str) -> None:
     from pipeline import drift  # pandas: not at import time, the DAG file imports this module
 
     params = load_params(workspace / "params.yaml")
-    write_if_changed(workspace / "run" / "context.yaml", f"day: '{day}'\n")
+    count = shard_count(params)
+    write_if_changed(workspace / "run" / "context.yaml", context_yaml(day, count))
+    prune_stale_shards(workspace, count)
     window = int((params["validate"].get("drift") or {}).get("window_days", 0))
     write_if_changed(workspace / "run" / "window.json",
                      dumps_json(drift.window_manifest(workspace / "data" / "raw", day, window)))
@@ -90,7 +140,8 @@ def run_stage(workspace: Path, stage: str, day: str) -> int:
     if stage == "validate":
         # A stale verdict must not be mistaken for today's.
         (validate_dir(workspace, day) / "summary.json").unlink(missing_ok=True)
-    result = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+    # --wait-for-lock: the shard stages of one run go side by side and take turns at DVC's lock.
+    result = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
                             cwd=workspace, env=dvc_env())
     if result.returncode == 0:
         return 0
@@ -106,12 +157,18 @@ def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = S
     if not (workspace / ".dvc").is_dir() or not (workspace / "dvc.yaml").is_file():
         print(f"repro: {workspace} is not a DVC repository with a dvc.yaml", file=sys.stderr)
         return 2
-    unknown = [stage for stage in stages if stage not in STAGES]
+    unknown = [stage for stage in stages if stage not in STAGES and not SHARD_TARGET.match(stage)]
     if unknown:
-        print(f"repro: unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}", file=sys.stderr)
+        print(f"repro: unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)} "
+              f"({SHARD_STAGE}@K for one shard)", file=sys.stderr)
         return 2
     try:
         day = parse_day(day)
+        count = shard_count(load_params(workspace / "params.yaml"))
+        beyond = [s for s in stages if (m := SHARD_TARGET.match(s)) and int(m.group(1)) >= count]
+        if beyond:
+            raise ValueError(f"{', '.join(beyond)}: importance.shards is {count}, so the shards are "
+                             f"{SHARD_STAGE}@0 to {SHARD_STAGE}@{count - 1}")
     except ValueError as exc:
         print(f"repro: {exc}", file=sys.stderr)
         return 2

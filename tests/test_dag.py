@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import ROOT
-from pipeline.repro import STAGES
+from pipeline.repro import SHARD_STAGE, STAGES
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +19,22 @@ def dag(airflow_db):
 
 
 def test_tasks_run_the_stages_in_order(dag):
-    assert [t.task_id for t in dag.topological_sort()] == list(STAGES)
+    order = [t.task_id for t in dag.topological_sort()]
+    assert [t for t in order if t != "plan_shards"] == list(STAGES)
+    assert order.index("validate") < order.index("plan_shards") < order.index(SHARD_STAGE)
     for upstream, downstream in zip(STAGES, STAGES[1:]):
-        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+        expected = {upstream, "plan_shards"} if downstream == SHARD_STAGE else {upstream}
+        assert dag.get_task(downstream).upstream_task_ids == expected
+    assert dag.get_task("plan_shards").upstream_task_ids == {"validate"}
+
+
+def test_importance_scoring_is_mapped_over_the_planned_shards(dag):
+    """Dynamic task mapping: one scoring task per shard, the shards coming from plan_shards at run time."""
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    shard_task = dag.get_task(SHARD_STAGE)
+    assert isinstance(shard_task, MappedOperator)
+    assert not isinstance(dag.get_task("importance"), MappedOperator)
 
 
 def test_schedule_and_concurrency(dag):

@@ -100,7 +100,8 @@ def score_log(data_dir, days, embeddings_dir, params: dict, estimator, shard):
     print(f"importance: {estimator.name} scored {len(scores)} events in {time.perf_counter() - started:.1f}s"
           + ("" if shard is None else f" (shard {shard})"))
     event_ids = data.impressions["event_id"] if rows is None else data.impressions["event_id"].iloc[rows]
-    vectors = row_vectors(data) if wants_vectors(params["importance"]) else None
+    # A shard's scores are weighted later, by the combine: only a whole run prunes by cluster.
+    vectors = row_vectors(data) if shard is None and wants_vectors(params["importance"]) else None
     return data.impressions, data.catalog, data.holdout, checked_scores(event_ids, scores, estimator.name), vectors
 
 
