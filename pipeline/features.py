@@ -64,9 +64,19 @@ class Features:
         index = torch.as_tensor(index)
         return Features(*(column[index] for column in self._columns()), texts=self.texts)
 
-    def to(self, device: str) -> "Features":
-        texts = None if self.texts is None else self.texts.to(device)
-        return Features(*(column.to(device) for column in self._columns()), texts=texts)
+    def to(self, device: str, non_blocking: bool = False) -> "Features":
+        texts = None if self.texts is None else self.texts.to(device, non_blocking=non_blocking)
+        return Features(*(column.to(device, non_blocking=non_blocking) for column in self._columns()), texts=texts)
+
+    def gathered(self) -> "Features":
+        """The same rows holding their own text vectors (no shared table): what a DataLoader worker
+        hands over, so that pinning and copying a batch moves only the batch."""
+        return Features(self.query, self.title, self.dense, self.position, self.click, self.purchase)
+
+    def pin_memory(self) -> "Features":
+        """Page-locked copies, for DataLoader(pin_memory=True) and non-blocking copies to the GPU."""
+        texts = None if self.texts is None else self.texts.pin_memory()
+        return Features(*(column.pin_memory() for column in self._columns()), texts=texts)
 
 
 def item_titles(impressions: pd.DataFrame, catalog: pd.DataFrame) -> list[str]:

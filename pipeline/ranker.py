@@ -95,32 +95,13 @@ def position_log_odds(x: Features, max_position: int, prior_rows: float = 20.0) 
 
 def fit(model: Ranker, x: Features, weights: np.ndarray | None, cfg: dict, seed: int, device: str,
         epochs: int, progress=None) -> list[float]:
-    """Weighted minibatch training; returns the mean weighted loss of each epoch."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model.to(device).train()
-    data = x.to(device)
-    w = torch.ones(len(x)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-    w = w.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
-    history = []
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator).to(device)
-        total, seen = 0.0, 0.0
-        for start in range(0, len(order), cfg["batch_size"]):
-            index = order[start:start + cfg["batch_size"]]
-            batch_w = w[index]
-            loss = (per_sample_loss(model, data.subset(index)) * batch_w).sum() / batch_w.sum().clamp(min=1e-8)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * float(batch_w.sum())
-            seen += float(batch_w.sum())
-            if progress is not None:
-                progress.update(len(index))
-        history.append(total / max(seen, 1e-8))
-    model.eval()
-    return history
+    """Weighted minibatch training (pipeline/training.py's loop, without validation or checkpoints);
+    returns the mean weighted loss of each epoch. train.max_steps is the train stage's and does not
+    apply here: the estimators that call this choose their own epochs."""
+    from pipeline import training
+
+    return training.fit(model, x, weights, {**cfg, "max_steps": None}, seed, device, epochs,
+                        loss_fn=per_sample_loss, progress=progress).history
 
 
 @torch.no_grad()
@@ -167,8 +148,19 @@ def load(directory: str | Path) -> Ranker:
     state = load_file(str(directory / WEIGHTS_FILE))
     # Models saved before calibration existed are uncalibrated: the identity.
     state.setdefault("click_calibration", torch.tensor([1.0, 0.0]))
+    check_state(state, model.state_dict(), directory / WEIGHTS_FILE)
     model.load_state_dict(state)
     return model.eval()
+
+
+def check_state(found: dict, expected: dict, source) -> None:
+    """Every tensor the config implies, with its shape, and nothing else; else a message naming them."""
+    problems = [f"{name}: missing" for name in expected if name not in found]
+    problems += [f"{name}: not part of this ranker" for name in found if name not in expected]
+    problems += [f"{name}: shape {tuple(found[name].shape)}, the config implies {tuple(tensor.shape)}"
+                 for name, tensor in expected.items() if name in found and found[name].shape != tensor.shape]
+    if problems:
+        raise ValueError(f"{source} does not match {CONFIG_FILE} beside it: " + "; ".join(problems))
 
 
 def calibrate(model: Ranker, x: Features, device: str, steps: int = 50) -> tuple[float, float]:

@@ -1,10 +1,20 @@
-"""train stage: fit the ranker on the day's training slice with the importance weights."""
+"""train stage: fit the ranker on the day's training slice with the importance weights.
+
+The training slice's last requests are held back in two parts: the very last calibrate the click
+probabilities after weighted training, the ones before them stop training early. With --checkpoints
+a run leaves resumable checkpoints there, and a killed run started again resumes from the newest
+one whose inputs match, ending with the same weights. Under torchrun, rank 0 writes the outputs.
+"""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -19,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="scores.parquet written by importance")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", required=True, help="output folder: model/, metrics.json, loss.csv")
+    parser.add_argument("--checkpoints", default=None,
+                        help="folder for resumable checkpoints (kept until the run succeeds; default: none)")
 
 
 def aligned_weights(event_ids: pd.Series, weights_file: str | Path):
@@ -34,27 +46,59 @@ def _round(value):
     return None if value is None else round(value, 6)
 
 
-def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict) -> dict:
-    from pipeline import ranker
+def fingerprint(day: str, params: dict, x, weights) -> str:
+    """What a checkpoint must match to be resumed: the knobs, the day and the training rows themselves."""
+    digest = hashlib.sha256(json.dumps([day, params["seed"], params["ranker"], params["train"]],
+                                       sort_keys=True, default=str).encode())
+    for tensor in (x.dense, x.position, x.click, x.purchase, x._query, x._title):
+        digest.update(tensor.numpy().tobytes())
+    digest.update(weights.astype("float32").tobytes())
+    return digest.hexdigest()
+
+
+def split_training_slice(in_train, cfg: dict):
+    """Masks over the training slice: (fit, validation, calibration), by time, latest last."""
+    from pipeline.features import holdout_mask
+
+    calibration = holdout_mask(in_train, cfg["calibration_fraction"])
+    validation = np.zeros(len(in_train), dtype=bool)
+    if cfg.get("validation_fraction", 0):
+        rest = np.flatnonzero(~calibration)
+        validation[rest[holdout_mask(in_train.iloc[rest], cfg["validation_fraction"])]] = True
+    return ~(calibration | validation), validation, calibration
+
+
+def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict, checkpoints=None) -> dict:
+    from pipeline import ranker, training
     from pipeline.compute import setup
     from pipeline.dataset import load_day
-    from pipeline.features import holdout_mask
     from pipeline.metrics import ece
 
     cfg = params["train"]
     seed = stage_seed(params, "train")
     device = setup(params, seed)
     data = load_day(data_dir, day, embeddings_dir, params)
-    # The training slice's last requests calibrate; the rest trains, weighted.
     in_train = data.impressions.iloc[data.train_index].reset_index(drop=True)
-    calibration_mask = holdout_mask(in_train, cfg["calibration_fraction"])
-    rows, calibration_rows = data.train_index[~calibration_mask], data.train_index[calibration_mask]
-    weights = aligned_weights(data.impressions["event_id"].iloc[rows].reset_index(drop=True), weights_file)
+    fit_mask, validation_mask, calibration_mask = split_training_slice(in_train, cfg)
+    rows = data.train_index[fit_mask]
+    validation_rows, calibration_rows = data.train_index[validation_mask], data.train_index[calibration_mask]
+    all_weights = aligned_weights(data.impressions["event_id"].iloc[data.train_index].reset_index(drop=True),
+                                  weights_file)
+    weights = all_weights[fit_mask]
     train_x = data.x.subset(rows)
+    validation = (data.x.subset(validation_rows), all_weights[validation_mask]) if len(validation_rows) else None
     model = ranker.new_model(data.x.text_dim, params["ranker"], seed, train_x)
+    leader = int(os.environ.get("RANK", 0)) == 0
     started = time.perf_counter()
-    with tqdm(total=len(rows) * cfg["epochs"], desc="train", unit="row", unit_scale=True) as bar:
-        history = ranker.fit(model, train_x, weights, cfg, seed, device, cfg["epochs"], progress=bar)
+    with tqdm(total=len(rows) * cfg["epochs"], desc="train", unit="row", unit_scale=True, disable=not leader) as bar:
+        result = training.fit(model, train_x, weights, cfg, seed, device, cfg["epochs"],
+                              loss_fn=ranker.per_sample_loss, validation=validation, checkpoint_dir=checkpoints,
+                              fingerprint=fingerprint(day, params, train_x, weights), progress=bar)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    training.stop_distributed()
+    if not leader:
+        return {}
+    history = result.history
     calibration_x = data.x.subset(calibration_rows)
     ece_before = ece(calibration_x.click.numpy(), ranker.predict(model, calibration_x, device, True)["p_click"],
                      params["evaluate"]["calibration_bins"])
@@ -62,21 +106,32 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict)
     ece_after = ece(calibration_x.click.numpy(), ranker.predict(model, calibration_x, device, True)["p_click"],
                     params["evaluate"]["calibration_bins"])
     seconds = time.perf_counter() - started
-    metrics = {"device": device, "epochs": len(history), "train_rows": int(len(rows)),
-               "calibration_rows": int(len(calibration_rows)), "final_weighted_loss": round(history[-1], 6),
+    metrics = {"device": device, "world_size": world, "epochs": len(history), "steps": result.steps,
+               "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+               "resumed_from_step": result.resumed_from_step, "train_rows": int(len(rows)),
+               "validation_rows": int(len(validation_rows)), "calibration_rows": int(len(calibration_rows)),
+               "final_weighted_loss": round(history[-1], 6),
+               "validation_loss": [round(v, 6) for v in result.validation_history],
                "calibration": {"scale": round(a, 6), "shift": round(b, 6),
                                "ece_before": _round(ece_before), "ece_after": _round(ece_after)}}
+    losses = pd.DataFrame({"epoch": range(1, len(history) + 1), "weighted_loss": history})
+    if result.validation_history:
+        losses["validation_loss"] = result.validation_history
     with atomic_dir(out_dir) as tmp:
         ranker.save(model, tmp / "model")
-        pd.DataFrame({"epoch": range(1, len(history) + 1), "weighted_loss": history}).to_csv(
-            tmp / "loss.csv", index=False, float_format="%.6f")
+        losses.to_csv(tmp / "loss.csv", index=False, float_format="%.6f")
         write_json_atomic(tmp / "metrics.json", metrics)
-    print(f"train: {day} {len(rows)} rows x {len(history)} epochs on {device} in {seconds:.1f}s, "
-          f"weighted loss {history[0]:.4f} -> {history[-1]:.4f}; calibrated on {len(calibration_rows)} rows, "
+    if checkpoints:
+        training.Checkpoints(checkpoints, "").clear()  # the run is done: nothing left to resume
+    print(f"train: {day} {len(rows)} rows x {len(history)} epochs ({result.steps} steps) on {device} in "
+          f"{seconds:.1f}s, weighted loss {history[0]:.4f} -> {history[-1]:.4f}"
+          + (f", best validation epoch {result.best_epoch}" if result.best_epoch else "")
+          + (" (stopped early)" if result.stopped_early else "")
+          + f"; calibrated on {len(calibration_rows)} rows, "
           f"ECE {metrics['calibration']['ece_before']} -> {metrics['calibration']['ece_after']}")
     return metrics
 
 
 def main(args: argparse.Namespace) -> int:
-    run(args.data, args.day, args.embeddings, args.weights, args.out, load_params(args.params))
+    run(args.data, args.day, args.embeddings, args.weights, args.out, load_params(args.params), args.checkpoints)
     return 0

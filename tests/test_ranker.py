@@ -51,3 +51,42 @@ def test_ranking_score_ignores_position():
     original, shifted = ranker.predict(model, x, "cpu", True), ranker.predict(model, moved, "cpu", True)
     assert np.allclose(original["score"], shifted["score"])
     assert not np.allclose(original["p_click"], shifted["p_click"])
+
+
+def test_weights_of_another_shape_fail_with_a_clear_message(tmp_path):
+    model = ranker.new_model(6, CFG, seed=1)
+    ranker.save(model, tmp_path)
+    bigger = ranker.new_model(6, {**CFG, "hidden": 16}, seed=1)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in bigger.state_dict().items()}, str(tmp_path / ranker.WEIGHTS_FILE))
+    try:
+        ranker.load(tmp_path)
+    except ValueError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("weights of another shape loaded")
+    assert "ranker.safetensors does not match ranker.json" in message
+    assert "body.0.weight: shape (16, 22), the config implies (8, 22)" in message
+
+
+def test_dataloader_workers_train_exactly_as_in_process():
+    """Workers only gather the batches: same batches, same dropout masks, same weights."""
+    from pipeline import training
+
+    g = torch.Generator().manual_seed(3)
+    n = 1500
+    texts = torch.randn(40, 6, generator=g)
+    x = Features(query=torch.randint(0, 40, (n,), generator=g, dtype=torch.int32),
+                 title=torch.randint(0, 40, (n,), generator=g, dtype=torch.int32),
+                 dense=torch.randn(n, len(DENSE_FEATURES), generator=g), position=torch.randint(1, 6, (n,), generator=g),
+                 click=torch.bernoulli(torch.full((n,), 0.2), generator=g), purchase=torch.zeros(n), texts=texts)
+    cfg = {"batch_size": 64, "learning_rate": 0.01, "weight_decay": 0.0}
+    weights = np.random.default_rng(0).random(n)
+    states = []
+    for workers in (0, 2):
+        model = ranker.new_model(6, {**CFG, "dropout": 0.2}, seed=1, data=x)
+        training.fit(model, x, weights, {**cfg, "loader_workers": workers}, 5, "cpu", 2, loss_fn=ranker.per_sample_loss)
+        states.append(model.state_dict())
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
