@@ -1,71 +1,238 @@
-"""pretrain stage: refresh the text encoder on the day's titles and queries, then embed them."""
+"""pretrain stage: refresh the text encoder on the day's corpus, measure the refresh, embed the texts.
+
+Each run records in metrics.json what the refresh did, before and after on the same inputs:
+  - masked-LM loss on held-out texts (a seeded share of the corpus the refresh never trains on,
+    masked with the same seed both times);
+  - recall@k of search queries against the titles of the items clicked for them, ranked among
+    the day's candidate titles by cosine similarity of the mean-pooled embeddings.
+"""
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from pipeline import corpus as corpus_mod
 from pipeline import embeddings
 from pipeline.atomic import atomic_dir, write_json_atomic
 from pipeline.compute import setup
-from pipeline.contract import read_catalog, read_impressions
 from pipeline.params import load_params, stage_seed
+
+# Independent random streams of the stage seed, so changing one knob does not move the others.
+HELDOUT_STREAM, MASK_STREAM, PAIRS_STREAM, CANDIDATES_STREAM = 1, 2, 3, 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="raw data folder (DATA_CONTRACT.md layout)")
-    parser.add_argument("--day", required=True, help="YYYY-MM-DD")
+    parser.add_argument("--corpus", help="corpus folder written by `python -m pipeline corpus`")
+    parser.add_argument("--data", help="raw data folder (DATA_CONTRACT.md layout), instead of --corpus")
+    parser.add_argument("--day", help="YYYY-MM-DD, with --data")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", required=True, help="output folder: encoder/, embeddings/, metrics.json")
 
 
-def day_texts(data_dir: str | Path, day: str) -> list[str]:
-    """Every title and query the day's ranker needs, sorted so the output is deterministic."""
-    impressions = read_impressions(data_dir, day)
-    catalog = read_catalog(data_dir, day)
-    queries = impressions["query"].dropna()
-    return sorted(set(catalog["title"].dropna()) | set(queries[queries.str.len() > 0]))
+def whole(section: dict, key: str, minimum: int, where: str) -> int:
+    """A whole-number knob of params, checked: `where.key` >= minimum."""
+    value = section.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{where}.{key} must be a whole number of at least {minimum}, got {value!r}")
+    return value
 
 
-def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict) -> dict:
+def check_knobs(cfg: dict) -> None:
+    for key, minimum in (("max_texts", 1), ("max_heldout_texts", 0), ("heldout_batch_size", 1),
+                         ("embed_batch_size", 1)):
+        whole(cfg, key, minimum, "pretrain")
+    if not isinstance(cfg.get("recall"), dict):
+        raise ValueError("pretrain.recall must be a mapping (k, heldout_pairs_fraction, max_pairs, max_candidates)")
+    for key in ("k", "max_pairs", "max_candidates"):
+        whole(cfg["recall"], key, 1, "pretrain.recall")
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    return int(np.random.default_rng([seed, stream]).integers(2**31))
+
+
+@dataclass
+class Split:
+    train: list[str]     # what the refresh trains on (capped by pretrain.max_texts)
+    heldout: list[str]   # never trained on; the held-out MLM loss is measured on these
+    heldout_all: set[str]  # every held-out text, also the ones beyond max_heldout_texts
+
+
+def split_texts(texts: list[str], cfg: dict, seed: int) -> Split:
+    """Hold out a seeded `heldout_fraction` of the texts; sample the refresh's texts from the rest."""
+    fraction = cfg.get("heldout_fraction")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ValueError(f"pretrain.heldout_fraction must be a number in [0, 1), got {fraction!r}")
+    if not texts:
+        raise ValueError("the corpus has no text: no catalog title and no search query")
+    order = np.random.default_rng(stream_seed(seed, HELDOUT_STREAM)).permutation(len(texts))
+    n_held = 0 if fraction == 0 else min(max(1, round(fraction * len(texts))), len(texts) - 1)
+    held = order[:n_held]
+    rest = np.sort(order[n_held:])
+    if len(rest) > cfg["max_texts"]:
+        rest = np.sort(np.random.default_rng(seed).choice(rest, cfg["max_texts"], replace=False))
+    evaluated = np.sort(held[:cfg["max_heldout_texts"]])
+    return Split([texts[i] for i in rest], [texts[i] for i in evaluated], {texts[i] for i in held})
+
+
+def recall_at_k(query_vectors: np.ndarray, candidate_vectors: np.ndarray, clicked: np.ndarray, k: int) -> float:
+    """Share of queries whose clicked candidate is among the k most similar candidates.
+
+    Vectors are L2-normalised (cosine similarity = dot product); `clicked[i]` is the row of query
+    i's clicked title in `candidate_vectors`. A clicked title counts as in the top k when fewer
+    than k other candidates score strictly higher (ties do not push it out).
+    """
+    if len(query_vectors) == 0:
+        raise ValueError("recall_at_k: no query to score")
+    if k < 1:
+        raise ValueError(f"recall_at_k: k must be at least 1, got {k}")
+    clicked = np.asarray(clicked, dtype=np.int64)
+    if clicked.min() < 0 or clicked.max() >= len(candidate_vectors):
+        raise ValueError("recall_at_k: a clicked index is outside the candidates")
+    scores = query_vectors @ candidate_vectors.T
+    own = scores[np.arange(len(clicked)), clicked]
+    higher = (scores > own[:, None]).sum(axis=1)
+    return float((higher < k).mean())
+
+
+@dataclass
+class RetrievalSet:
+    queries: list[str]
+    candidates: list[str]
+    clicked: np.ndarray  # row of each query's clicked title in `candidates`
+    heldout_pairs: set[tuple[str, str]]  # every held-out pair, also those beyond recall.max_pairs
+
+
+def held_out_pairs(pairs: list, rcfg: dict, seed: int) -> tuple[list, set]:
+    """(pairs recall is measured on, every held-out pair): a seeded `heldout_pairs_fraction` of the
+    pairs, kept out of the contrastive loss whether it is on or off, so runs compare either way."""
+    fraction = rcfg.get("heldout_pairs_fraction")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"pretrain.recall.heldout_pairs_fraction must be a number in (0, 1], got {fraction!r}")
+    order = np.random.default_rng(stream_seed(seed, PAIRS_STREAM)).permutation(len(pairs))
+    held = order[:max(1, round(fraction * len(pairs)))]
+    measured = np.sort(held[:rcfg["max_pairs"]])
+    return [pairs[i] for i in measured], {pairs[i] for i in held}
+
+
+def retrieval_set(corpus: corpus_mod.Corpus, cfg: dict, seed: int) -> RetrievalSet | None:
+    """Held-out (query, clicked title) pairs, and candidate titles: every clicked title of those
+    pairs plus a seeded sample of the day's other titles, up to recall.max_candidates."""
+    rcfg = cfg["recall"]
+    if rcfg["max_candidates"] < rcfg["max_pairs"]:
+        raise ValueError(f"pretrain.recall.max_candidates ({rcfg['max_candidates']}) must be at least "
+                         f"pretrain.recall.max_pairs ({rcfg['max_pairs']}): every measured pair's title is a candidate")
+    if not corpus.pairs:
+        return None
+    pairs, held = held_out_pairs(corpus.pairs, rcfg, seed)
+    clicked_titles = {t for _, t in pairs}
+    others = [t for t in corpus.titles if t not in clicked_titles]
+    room = min(rcfg["max_candidates"] - len(clicked_titles), len(others))
+    extra = np.random.default_rng(stream_seed(seed, CANDIDATES_STREAM)).choice(len(others), room, replace=False)
+    candidates = sorted(clicked_titles | {others[i] for i in extra})
+    row = {t: i for i, t in enumerate(candidates)}
+    return RetrievalSet([q for q, _ in pairs], candidates, np.array([row[t] for _, t in pairs], dtype=np.int64), held)
+
+
+def measure(model, tokenizer, split: Split, retrieval: RetrievalSet | None, cfg: dict, seed: int,
+            device: str) -> dict:
+    """Held-out MLM loss and retrieval recall of the model as it is now."""
+    from pipeline import encoder as enc
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return enc.embed(model.base_model, tokenizer, texts, cfg["max_length"], cfg["embed_batch_size"], device)
+
+    loss = enc.heldout_mlm_loss(model, tokenizer, split.heldout, cfg, stream_seed(seed, MASK_STREAM), device,
+                                cfg["heldout_batch_size"]) if split.heldout else None
+    recall = None
+    if retrieval is not None:
+        recall = recall_at_k(embed(retrieval.queries), embed(retrieval.candidates), retrieval.clicked,
+                             cfg["recall"]["k"])
+    return {"mlm_loss_heldout": None if loss is None else round(loss, 6),
+            "recall": None if recall is None else round(recall, 6)}
+
+
+def training_pairs(corpus: corpus_mod.Corpus, split: Split, retrieval: RetrievalSet | None) -> list[tuple[str, str]]:
+    """Pairs for the contrastive loss: no held-out pair, and none with a held-out text."""
+    held = retrieval.heldout_pairs if retrieval is not None else set()
+    return [(q, t) for q, t in corpus.pairs
+            if (q, t) not in held and q not in split.heldout_all and t not in split.heldout_all]
+
+
+def mean_window(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean of the first and of the last fifth of a loss curve (noisy step by step)."""
+    if not values:
+        return None, None
+    window = max(1, len(values) // 5)
+    return round(sum(values[:window]) / window, 6), round(sum(values[-window:]) / window, 6)
+
+
+def run(corpus: corpus_mod.Corpus, out_dir: str | Path, params: dict) -> dict:
     from pipeline import encoder as enc  # torch and transformers load only when a stage runs
 
     cfg = params["pretrain"]
+    check_knobs(cfg)
     seed = stage_seed(params, "pretrain")
     device = setup(params, seed)
-    texts = day_texts(data_dir, day)
+    split = split_texts(corpus.texts, cfg, seed)
+    retrieval = retrieval_set(corpus, cfg, seed)
+    contrastive = enc.contrastive_settings(cfg)
+    pairs = training_pairs(corpus, split, retrieval) if contrastive is not None else None
     tokenizer, model = enc.load_base(cfg["base_model"], cfg.get("tiny_bert", {}), seed)
-    sample = texts
-    if len(texts) > cfg["max_texts"]:
-        picked = np.random.default_rng(seed).choice(len(texts), cfg["max_texts"], replace=False)
-        sample = [texts[i] for i in sorted(picked)]
+    before = measure(model, tokenizer, split, retrieval, cfg, seed, device)
     started = time.perf_counter()
-    with tqdm(total=cfg["max_steps"], desc="pretrain (masked LM)", unit="step") as bar:
-        losses = enc.refresh(model, tokenizer, sample, cfg, seed, device, progress=bar)
+    with tqdm(total=cfg["max_steps"], desc="pretrain (refresh)", unit="step") as bar:
+        losses = enc.refresh(model, tokenizer, split.train, cfg, seed, device, pairs=pairs, progress=bar)
     refresh_seconds = time.perf_counter() - started
-    vectors = enc.embed(model.base_model, tokenizer, texts, cfg["max_length"], cfg["embed_batch_size"], device)
-    window = max(1, len(losses) // 5)
+    after = measure(model, tokenizer, split, retrieval, cfg, seed, device)
+    vectors = enc.embed(model.base_model, tokenizer, corpus.texts, cfg["max_length"], cfg["embed_batch_size"], device)
+    k = cfg["recall"]["k"]
+    mlm_first, mlm_last = mean_window(losses["mlm"])
     metrics = {
         "base_model": cfg["base_model"],
-        "steps": len(losses),
-        "texts": len(texts),
-        "mlm_loss_first": round(sum(losses[:window]) / window, 6) if losses else None,
-        "mlm_loss_last": round(sum(losses[-window:]) / window, 6) if losses else None,
+        "steps": len(losses["mlm"]),
+        "texts": len(corpus.texts),
+        "train_texts": len(split.train),
+        "heldout_texts": len(split.heldout),
+        "mlm_loss_first": mlm_first,
+        "mlm_loss_last": mlm_last,
+        "mlm_loss_heldout_before": before["mlm_loss_heldout"],
+        "mlm_loss_heldout_after": after["mlm_loss_heldout"],
+        f"recall_at_{k}_before": before["recall"],
+        f"recall_at_{k}_after": after["recall"],
+        "recall_pairs": 0 if retrieval is None else len(retrieval.queries),
+        "recall_candidates": 0 if retrieval is None else len(retrieval.candidates),
+        "contrastive": contrastive is not None,
         "device": device,
     }
+    if contrastive is not None:
+        metrics["contrastive_pairs"] = len(pairs)
+        metrics["contrastive_loss_first"], metrics["contrastive_loss_last"] = mean_window(losses["contrastive"])
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp / "encoder")
         tokenizer.save_pretrained(tmp / "encoder")
-        embeddings.save(tmp / "embeddings", texts, vectors)
+        embeddings.save(tmp / "embeddings", corpus.texts, vectors)
         write_json_atomic(tmp / "metrics.json", metrics)
-    print(f"pretrain: {day} {len(losses)} steps in {refresh_seconds:.1f}s, "
-          f"MLM loss {metrics['mlm_loss_first']} -> {metrics['mlm_loss_last']}, {len(texts)} texts embedded")
+    print(f"pretrain: {metrics['steps']} steps in {refresh_seconds:.1f}s; held-out MLM loss "
+          f"{before['mlm_loss_heldout']} -> {after['mlm_loss_heldout']}; recall@{k} "
+          f"{before['recall']} -> {after['recall']} ({metrics['recall_pairs']} pairs); "
+          f"{len(corpus.texts)} texts embedded")
     return metrics
 
 
 def main(args: argparse.Namespace) -> int:
-    run(args.data, args.day, args.out, load_params(args.params))
+    if args.corpus is not None:
+        if args.data is not None or args.day is not None:
+            raise SystemExit("pretrain: give --corpus, or --data with --day, not both")
+        corpus = corpus_mod.load(args.corpus)
+    elif args.data is not None and args.day is not None:
+        corpus = corpus_mod.day_corpus(args.data, args.day)
+    else:
+        raise SystemExit("pretrain: give --corpus DIR, or --data DIR with --day YYYY-MM-DD")
+    run(corpus, args.out, load_params(args.params))
     return 0

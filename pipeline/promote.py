@@ -18,18 +18,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder: promotion.json")
 
 
-def run(decision_file, day: str, encoder_dir, model_dir, out_dir, params: dict) -> dict:
-    registry_dir = params["registry"]["dir"]
-    decision = read_json(decision_file)
+def decide(registry_dir, day: str, decision: dict, encoder_dir: Path, model_dir: Path) -> dict:
     live = registry.current(registry_dir)
     if not decision["blessed"]:
-        outcome = {"promoted": False, "reason": f"gate: {decision['reason']}"}
-    elif live is not None and live["day"] > day:
+        return {"promoted": False, "reason": f"gate: {decision['reason']}"}
+    if live is not None and live["day"] > day:
         # A backfilled day never replaces a champion trained on newer data.
-        outcome = {"promoted": False, "reason": f"champion {live['model_id']} was trained on a later day"}
-    else:
-        entry = registry.promote(registry_dir, day, Path(encoder_dir), Path(model_dir))
-        outcome = {"promoted": True, "model_id": entry["model_id"], "reason": "blessed by the gate"}
+        return {"promoted": False, "reason": f"champion {live['model_id']} was trained on a later day"}
+    candidate_id = registry.model_id_for(day, encoder_dir, model_dir)
+    if registry.rolled_back(registry_dir, candidate_id):
+        # A rerun that rebuilds a withdrawn model must not undo the rollback behind the operator's back.
+        return {"promoted": False, "reason": f"model {candidate_id} was rolled back; "
+                                             f"`python -m pipeline rollback --to {candidate_id}` restores it"}
+    entry = registry.promote(registry_dir, day, encoder_dir, model_dir)
+    return {"promoted": True, "model_id": entry["model_id"], "reason": "blessed by the gate"}
+
+
+def run(decision_file, day: str, encoder_dir, model_dir, out_dir, params: dict) -> dict:
+    outcome = decide(params["registry"]["dir"], day, read_json(decision_file), Path(encoder_dir), Path(model_dir))
     outcome["day"] = day
     with atomic_dir(out_dir) as tmp:
         write_json_atomic(tmp / "promotion.json", outcome)

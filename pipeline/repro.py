@@ -23,7 +23,7 @@ from pipeline.atomic import dumps_json, read_json, write_bytes_atomic
 from pipeline.days import parse_day
 from pipeline.params import load_params
 
-STAGES = ("validate", "pretrain", "importance_shard", "importance", "train", "evaluate", "gate", "promote")
+STAGES = ("validate", "corpus", "pretrain", "importance_shard", "importance", "train", "evaluate", "gate", "promote")
 # One DVC stage per shard: `importance_shard@K` scores shard K of importance.shards; the bare name runs all.
 SHARD_STAGE = "importance_shard"
 SHARDS_DIR = Path("work") / "importance_shards"

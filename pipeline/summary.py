@@ -15,6 +15,7 @@ OUTPUTS = (
     ("data-quality Data Docs (GX)", "work/validate/dt={day}/data_docs/index.html"),
     ("importance scores and weights", "work/importance/scores.parquet"),
     ("importance report", "work/importance/report.html"),
+    ("text corpus", "work/corpus/texts.parquet"),
     ("encoder refresh metrics", "work/pretrain/metrics.json"),
     ("training metrics", "work/train/metrics.json"),
     ("evaluation metrics", "work/evaluate/metrics.json"),

@@ -81,7 +81,7 @@ def test_bad_day_stops_at_validation_and_keeps_the_champion(dag, monkeypatch, tm
 
     assert state == "failed"
     assert states["validate"] == "failed"
-    assert all(states[t] == "upstream_failed" for t in ("pretrain", "plan_shards", "importance_shard",
+    assert all(states[t] == "upstream_failed" for t in ("corpus", "pretrain", "plan_shards", "importance_shard",
                                                          "importance", "train", "evaluate", "gate", "promote"))
     assert pointer.read_bytes() == before
     assert not (workspace / "work/pretrain").exists()

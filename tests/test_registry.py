@@ -63,3 +63,48 @@ def test_baseline_is_the_champion_before_the_day(tmp_path, candidate):
     assert registry.baseline_for(reg, "2026-11-02")["model_id"] == first["model_id"]
     assert registry.baseline_for(reg, "2026-11-03")["model_id"] == second["model_id"]
     assert "promoted_at" not in registry.baseline_for(reg, "2026-11-03")  # stable across reruns
+
+
+def two_days(reg, candidate):
+    first = registry.promote(reg, "2026-11-01", *candidate)
+    (candidate[1] / "ranker.json").write_text('{"changed": 1}')
+    second = registry.promote(reg, "2026-11-02", *candidate)
+    return first, second
+
+
+def test_after_a_rollback_later_days_compare_with_the_restored_champion(tmp_path, candidate):
+    reg = tmp_path / "registry"
+    first, second = two_days(reg, candidate)
+    registry.rollback(reg)
+    # Days after the withdrawn model's day are measured against what serves, not against it.
+    assert registry.baseline_for(reg, "2026-11-03")["model_id"] == first["model_id"]
+    assert registry.baseline_for(reg, "2026-11-02")["model_id"] == first["model_id"]  # unchanged
+    assert registry.baseline_for(reg, "2026-11-01") is None
+    # Rolled forward again: it is the baseline again.
+    registry.rollback(reg, to=second["model_id"])
+    assert registry.baseline_for(reg, "2026-11-03")["model_id"] == second["model_id"]
+
+
+def test_a_rerun_does_not_re_promote_a_rolled_back_model(tmp_path, candidate):
+    reg = tmp_path / "registry"
+    first, second = two_days(reg, candidate)
+    registry.rollback(reg)
+    # The second day rerun rebuilds byte-identical files: the same model id as the withdrawn one.
+    outcome = promote.run(decision_file(tmp_path, True), "2026-11-02", *candidate, tmp_path / "out", params(tmp_path))
+    assert not outcome["promoted"] and f"model {second['model_id']} was rolled back" in outcome["reason"]
+    assert registry.current(reg)["model_id"] == first["model_id"]
+    # A retrained candidate (other files) is promoted as usual.
+    (candidate[1] / "ranker.json").write_text('{"changed": 2}')
+    outcome = promote.run(decision_file(tmp_path, True), "2026-11-02", *candidate, tmp_path / "out", params(tmp_path))
+    assert outcome["promoted"] and registry.current(reg)["model_id"] == outcome["model_id"]
+
+
+def test_history_written_before_rollbacks_existed_reads_as_promotions(tmp_path, candidate):
+    reg = tmp_path / "registry"
+    first, second = two_days(reg, candidate)
+    lines = [json.loads(line) for line in (reg / "history.jsonl").read_text().splitlines()]
+    (reg / "history.jsonl").write_text("".join(json.dumps({k: v for k, v in line.items() if k != "event"}) + "\n"
+                                               for line in lines))
+    assert [p["model_id"] for p in registry.live_promotions(registry.history(reg))] == [first["model_id"],
+                                                                                         second["model_id"]]
+    assert registry.rollback(reg)["model_id"] == first["model_id"]

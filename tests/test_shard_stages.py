@@ -32,7 +32,7 @@ def sharded(tmp_path_factory):
     params["importance"]["shards"] = SHARDS
     workspace = make_workspace(tmp_path_factory.mktemp("sharded") / "ws", params)
     simulate(workspace, DAY)
-    repro(workspace, DAY, "validate", "pretrain")
+    repro(workspace, DAY, "validate", "corpus", "pretrain")
     procs = [start_repro(workspace, f"importance_shard@{k}") for k in range(SHARDS)]
     outputs = [proc.communicate()[0] for proc in procs]
     for proc, output in zip(procs, outputs):

@@ -12,9 +12,19 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import DAY
+from conftest import DAY, make_workspace, repro, simulate
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def completed_run(tmp_path_factory):
+    """A workspace of its own with the stages before train done for DAY (the shared completed run
+    moves on to the next day in other modules, and its embeddings with it)."""
+    workspace = make_workspace(tmp_path_factory.mktemp("training") / "ws")
+    simulate(workspace, DAY)
+    repro(workspace, DAY, "validate", "corpus", "pretrain", "importance_shard", "importance")
+    return workspace
 
 
 def train_params(completed_run, tmp_path, name, **train):

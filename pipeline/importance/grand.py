@@ -217,13 +217,14 @@ def gradient_sq_norms(model: ranker.Ranker, x: Features, kind: str, device: str,
     eval mode (no dropout): one forward and one backward to the layer outputs per batch."""
     model = model.to(device).eval()
     rows = np.arange(len(x)) if rows is None else np.asarray(rows)
-    out = []
+    out, done = np.empty(len(rows)), 0  # filled in place: see ranker.click_losses
     with torch.enable_grad(), LayerTaps(parameter_layers(model)) as taps:
         for index, n in _fixed_batches(rows, batch_size):
             b = x.subset(index).to(device)
             loss = chosen_loss(*ranker.loss_terms(model, b), kind)
-            out.append(taps.sq_norms(loss.sum())[:n].double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+            out[done:done + n] = taps.sq_norms(loss.sum())[:n].double().cpu().numpy()
+            done += n
+    return out
 
 
 @torch.no_grad()
@@ -239,17 +240,18 @@ def last_layer_norms(model: ranker.Ranker, x: Features, device: str, batch_size:
     captured = {}
     hook = model.click_head.register_forward_hook(lambda _m, inputs, _o: captured.__setitem__("h", inputs[0]))
     try:
-        out = []
+        out, done = np.empty(len(rows)), 0  # filled in place: see ranker.click_losses
         for index, n in _fixed_batches(rows, batch_size):
             b = x.subset(index).to(device)
             free_logit, bias_logit, _ = model(b)
             p = torch.sigmoid(free_logit + bias_logit)
             h = captured["h"]
             norm = (p - b.click).abs() * torch.sqrt(h.pow(2).sum(1) + 1.0)
-            out.append(norm[:n].double().cpu().numpy())
+            out[done:done + n] = norm[:n].double().cpu().numpy()
+            done += n
     finally:
         hook.remove()
-    return np.concatenate(out) if out else np.zeros(0)
+    return out
 
 
 # ---- the estimators ---------------------------------------------------------------------------
