@@ -37,6 +37,18 @@ DAY = "2026-11-01"
 TARGETS = {"forward-only": 0.5, "per-sample-gradients": 2.0}
 
 
+def simulated_day(rows: int, params_file: str, params: dict):
+    """One simulated day of `rows` impressions as the modelling stages see it (texts embedded with the
+    base encoder of params), and the simulator's truth file (which rows are noise)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pipeline", "simulate", "--start", DAY, "--params", params_file,
+                        "--impressions-per-day", str(rows), "--out", f"{tmp}/raw"], check=True, cwd=ROOT,
+                       capture_output=True)
+        data = load_log(f"{tmp}/raw", [DAY], None, params)
+        truth = pd.read_parquet(DayPaths(Path(tmp) / "raw", DAY).truth_file)
+    return data, truth
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50000)
@@ -45,12 +57,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/estimator_cost.json"))
     args = parser.parse_args()
     params = yaml.safe_load(Path(args.params).read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pipeline", "simulate", "--start", DAY, "--params", args.params,
-                        "--impressions-per-day", str(args.rows), "--out", f"{tmp}/raw"], check=True, cwd=ROOT,
-                       capture_output=True)
-        data = load_log(f"{tmp}/raw", [DAY], None, params)
-        truth = pd.read_parquet(DayPaths(Path(tmp) / "raw", DAY).truth_file)
+    data, truth = simulated_day(args.rows, args.params, params)
     device = setup(params, 7)
     ctx = registry.Context(data, params, seed=7, device=device)
     train_x = data.x.subset(data.train_index)

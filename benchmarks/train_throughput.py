@@ -16,9 +16,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,11 +27,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from estimator_cost import simulated_day  # noqa: E402
+
 from pipeline import ranker, training  # noqa: E402
 from pipeline.compute import setup  # noqa: E402
-from pipeline.dataset import load_log  # noqa: E402
 
-DAY = "2026-11-01"
 CONFIGS = {
     "fp32": {"precision": "fp32"},
     "workers2": {"precision": "fp32", "loader_workers": 2},
@@ -52,11 +52,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/train_throughput.json"))
     args = parser.parse_args()
     params = yaml.safe_load(Path(args.params).read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pipeline", "simulate", "--start", DAY, "--params", args.params,
-                        "--impressions-per-day", str(args.rows), "--out", f"{tmp}/raw"], check=True, cwd=ROOT,
-                       capture_output=True)
-        data = load_log(f"{tmp}/raw", [DAY], None, params)
+    data, _ = simulated_day(args.rows, args.params, params)
     device = setup(params, 7)
     x = data.x.subset(data.train_index)
     runs = {}

@@ -90,10 +90,9 @@ def validate_dir(workspace: Path, day: str) -> Path:
     return workspace / "work" / "validate" / f"dt={day}"
 
 
-def prepare(workspace: Path, day: str) -> None:
+def prepare(workspace: Path, day: str, params: dict) -> None:
     from pipeline import drift  # pandas: not at import time, the DAG file imports this module
 
-    params = load_params(workspace / "params.yaml")
     count = shard_count(params)
     write_if_changed(workspace / "run" / "context.yaml", context_yaml(day, count))
     prune_stale_shards(workspace, count)
@@ -164,7 +163,8 @@ def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = S
         return 2
     try:
         day = parse_day(day)
-        count = shard_count(load_params(workspace / "params.yaml"))
+        params = load_params(workspace / "params.yaml")
+        count = shard_count(params)
         beyond = [s for s in stages if (m := SHARD_TARGET.match(s)) and int(m.group(1)) >= count]
         if beyond:
             raise ValueError(f"{', '.join(beyond)}: importance.shards is {count}, so the shards are "
@@ -172,7 +172,7 @@ def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = S
     except ValueError as exc:
         print(f"repro: {exc}", file=sys.stderr)
         return 2
-    prepare(workspace, day)
+    prepare(workspace, day, params)
     for stage in stages or STAGES:
         code = run_stage(workspace, stage, day)
         if code:
