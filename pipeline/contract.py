@@ -75,9 +75,9 @@ def impression_parts(paths: DayPaths) -> list[Path]:
     return parts
 
 
-def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+def _read_table(path: Path, columns: list[str] | None = None, dictionary=()) -> pa.Table:
     try:
-        return pq.read_table(path, columns=columns)
+        return pq.read_table(path, columns=columns, read_dictionary=list(dictionary) or None)
     except (OSError, pa.ArrowException) as exc:
         raise ContractError(f"{path}: cannot be read as Parquet ({exc})") from exc
 
@@ -98,15 +98,40 @@ def same_event_ids(a: pd.Series, b: pd.Series) -> bool:
     return len(a) == len(b) and bool((a.reset_index(drop=True) == b.reset_index(drop=True)).all())
 
 
-def read_impressions_of_days(data_dir: str | Path, days: list[str]) -> pd.DataFrame:
+# Ids whose values repeat across rows and that are only grouped and compared: read as pandas
+# categoricals (an integer code per row and each distinct id once) instead of one string per row.
+# With the 0/1 labels as int8, a loaded 10M-row log takes about 110 bytes a row instead of 160.
+REPEATED_COLUMNS = ("request_id", "user_id", "session_id")
+LABEL_COLUMNS = ("clicked", "purchased")
+
+
+def read_impressions_of_days(data_dir: str | Path, days: list[str], extra_features: bool = False) -> pd.DataFrame:
     """The impressions of several validated days as one frame, converted from Arrow once and column by
     column (`self_destruct`), so a 10M-row log never exists twice in memory as it would via pd.concat.
-    Only the contract's columns are read: the optional f_* features are not model inputs."""
-    columns = IMPRESSION_SCHEMA.names
-    tables = [_read_table(part, columns) for day in days for part in impression_parts(DayPaths(Path(data_dir), day))]
-    table = pa.concat_tables(tables, promote_options="permissive")
+    The contract's columns, and with `extra_features` the optional f_* columns of any part (null where a
+    part lacks one). Repeated ids and string f_* come back as categoricals and the labels as int8."""
+    tables = []
+    for part in (part for day in days for part in impression_parts(DayPaths(Path(data_dir), day))):
+        extra = ([name for name in _read_schema(part).names if name.startswith(EXTRA_FEATURE_PREFIX)]
+                 if extra_features else [])
+        tables.append(_read_table(part, IMPRESSION_SCHEMA.names + extra, dictionary=REPEATED_COLUMNS + tuple(
+            name for name in extra if pa.types.is_string(_read_schema(part).field(name).type))))
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowException as exc:
+        raise ContractError(f"{data_dir}: the parts of {', '.join(days)} disagree on a column's type ({exc})") from exc
     del tables
+    table = table.unify_dictionaries()
+    for name in LABEL_COLUMNS:
+        table = table.set_column(table.schema.get_field_index(name), name, table[name].cast(pa.int8()))
     return table.to_pandas(self_destruct=True, split_blocks=True)
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ContractError(f"{path}: cannot be read as Parquet ({exc})") from exc
 
 
 def read_catalog(data_dir: str | Path, day: str) -> pd.DataFrame:

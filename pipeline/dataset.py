@@ -50,10 +50,17 @@ def embed_with_base(texts: list[str], params: dict) -> embeddings.EmbeddingTable
     return embeddings.EmbeddingTable(texts, vectors)
 
 
-def read_log(data_dir: str | Path, days: list[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(impressions, catalog) of `days` (default: every day in the folder), without features."""
+def uses_extra_features(params: dict) -> bool:
+    """Whether the ranker reads the log's f_* columns (ranker.extra.features not empty)."""
+    return bool((params["ranker"].get("extra") or {}).get("features", "auto"))
+
+
+def read_log(data_dir: str | Path, days: list[str] | None,
+             extra_features: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(impressions, catalog) of `days` (default: every day in the folder), without features; with
+    `extra_features`, the impressions keep their f_* columns."""
     days = days or days_in(data_dir)
-    impressions = read_impressions_of_days(data_dir, days)
+    impressions = read_impressions_of_days(data_dir, days, extra_features)
     if impressions.empty:
         raise ValueError(f"{data_dir}: the log has no impressions for {', '.join(days)}")
     catalogs = [read_catalog(data_dir, day) for day in days]
@@ -68,7 +75,7 @@ def load_log(data_dir: str | Path, days: list[str] | None, embeddings_dir: str |
 
     Without `embeddings_dir` the texts are embedded with the base encoder named in params.
     """
-    impressions, catalog = read_log(data_dir, days)
+    impressions, catalog = read_log(data_dir, days, uses_extra_features(params))
     if embeddings_dir is not None:
         table = embeddings.load(embeddings_dir)
     else:

@@ -1,4 +1,5 @@
-"""The ranker: an MLP over query and title embeddings with ESMM-style click and purchase heads.
+"""The ranker: an MLP over query and title embeddings, dense features and hashed item, category and
+brand embeddings, with ESMM-style click and purchase heads.
 
 The click logit gets an additive per-position bias during training only, so the score used for
 ranking does not depend on where the logging system happened to show the item.
@@ -15,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.features import DENSE_FEATURES, Features
+from pipeline.features import DENSE_FEATURES, ID_FEATURES, Features
 
 WEIGHTS_FILE = "ranker.safetensors"
 CONFIG_FILE = "ranker.json"
@@ -28,13 +29,30 @@ class RankerConfig:
     max_position: int
     dropout: float
     dense_dim: int = len(DENSE_FEATURES)
+    id_buckets: int = 0   # hash buckets of each ID_FEATURES embedding (0: none, as models saved before them)
+    id_dim: int = 0
+    numeric_features: tuple = ()      # f_* columns read as numbers: standardized, plus a missing flag each
+    categorical_features: tuple = ()  # f_* columns read as strings: an embedding of their hash each
+    extra_buckets: int = 0
+    extra_dim: int = 0
 
 
 class Ranker(nn.Module):
     def __init__(self, config: RankerConfig):
         super().__init__()
         self.config = config
-        width = 3 * config.text_dim + config.dense_dim
+        width = (3 * config.text_dim + config.dense_dim + (len(ID_FEATURES) * config.id_dim if config.id_buckets else 0)
+                 + 2 * len(config.numeric_features) + len(config.categorical_features) * config.extra_dim)
+        # One table per id feature: each looks up one index per row (what GraNd's norm rule needs).
+        self.id_embeddings = nn.ModuleList(
+            nn.Embedding(config.id_buckets, config.id_dim) for _ in (ID_FEATURES if config.id_buckets else ()))
+        self.extra_embeddings = nn.ModuleList(
+            nn.Embedding(config.extra_buckets, config.extra_dim) for _ in config.categorical_features)
+        for table in (*self.id_embeddings, *self.extra_embeddings):
+            nn.init.normal_(table.weight, std=0.01)  # small: a rarely seen bucket stays near neutral
+        if config.numeric_features:  # the training rows' mean and spread, saved with the weights
+            self.register_buffer("numeric_mean", torch.zeros(len(config.numeric_features)))
+            self.register_buffer("numeric_std", torch.ones(len(config.numeric_features)))
         self.body = nn.Sequential(
             nn.Linear(width, config.hidden), nn.ReLU(), nn.Dropout(config.dropout),
             nn.Linear(config.hidden, config.hidden), nn.ReLU(),
@@ -49,9 +67,27 @@ class Ranker(nn.Module):
 
     def forward(self, x: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(position-free click logit, position bias logit, purchase-given-click logit)."""
-        h = self.body(torch.cat([x.query, x.title, x.query * x.title, x.dense], dim=1))
+        parts = [x.query, x.title, x.query * x.title, x.dense]
+        if self.id_embeddings:
+            buckets = _fold(x.ids, self.config.id_buckets)
+            parts += [table(buckets[:, k]) for k, table in enumerate(self.id_embeddings)]
+        if self.config.numeric_features:
+            values = x.numeric_columns(self.config.numeric_features)
+            missing = torch.isnan(values)
+            z = ((values - self.numeric_mean) / self.numeric_std).clamp(-10, 10)  # one outlier cannot swamp the rest
+            parts += [torch.where(missing, 0.0, z).to(x.dense.dtype), missing.to(x.dense.dtype)]
+        if self.extra_embeddings:
+            buckets = _fold(x.categorical_columns(self.config.categorical_features), self.config.extra_buckets)
+            parts += [table(buckets[:, k]) for k, table in enumerate(self.extra_embeddings)]
+        h = self.body(torch.cat(parts, dim=1))
         return (self.click_head(h).squeeze(1), self.position_bias(x.position).squeeze(1),
                 self.conversion_head(h).squeeze(1))
+
+
+def _fold(hashes: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Hashes (features.hash_values) to embedding rows 1..buckets-1; 0 stays the unknown row."""
+    raw = hashes.long()
+    return torch.where(raw > 0, raw % (buckets - 1) + 1, 0)
 
 
 def loss_terms(model: Ranker, x: Features) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,16 +107,52 @@ def per_sample_loss(model: Ranker, x: Features) -> torch.Tensor:
 
 
 def new_model(text_dim: int, cfg: dict, seed: int, data: Features | None = None) -> Ranker:
-    """A fresh ranker; with `data`, the position biases start from the logged click rate by position."""
+    """A fresh ranker. With `data`: the position biases start from the logged click rate by position, the
+    f_* features that ranker.extra_features names are taken from it, with their mean and spread."""
     torch.manual_seed(seed)
+    ids = cfg.get("ids") or {}
+    if ids and int(ids.get("buckets", 0)) == 1:
+        raise ValueError("ranker.ids.buckets must be 0 (no id embeddings) or at least 2, got 1")
+    numeric, categorical = extra_features(cfg, data)
+    extra = cfg.get("extra") or {}
+    if categorical and int(extra.get("buckets", 0)) < 2:
+        raise ValueError(f"ranker.extra.buckets must be at least 2 for the categorical features {categorical}")
     model = Ranker(RankerConfig(text_dim=text_dim, hidden=cfg["hidden"],
-                                max_position=cfg["max_position"], dropout=cfg["dropout"]))
+                                max_position=cfg["max_position"], dropout=cfg["dropout"],
+                                id_buckets=int(ids.get("buckets", 0)), id_dim=int(ids.get("dim", 0)),
+                                numeric_features=numeric, categorical_features=categorical,
+                                extra_buckets=int(extra.get("buckets", 0)) if categorical else 0,
+                                extra_dim=int(extra.get("dim", 0)) if categorical else 0))
     if data is not None and len(data):
         model.position_bias.weight.data[:, 0] = position_log_odds(data, cfg["max_position"])
         # Start at the log's click rate, not 0.5: early epochs then learn items, not the intercept.
         rate = data.click.float().mean().clamp(1e-4, 1 - 1e-4)
         model.click_head.bias.data.fill_(float(torch.logit(rate)))
+        if numeric:
+            values = data.numeric_columns(numeric).double()
+            mean = values.nanmean(0)
+            std = ((values - mean).pow(2).nanmean(0)).sqrt()
+            model.numeric_mean.copy_(torch.nan_to_num(mean, nan=0.0).float())
+            model.numeric_std.copy_(torch.where(std > 0, std, 1.0).nan_to_num(nan=1.0).float())
     return model
+
+
+def extra_features(cfg: dict, data: Features | None) -> tuple[tuple, tuple]:
+    """(numeric, categorical) f_* names the new ranker uses: ranker.extra.features is `auto` (every f_*
+    column of the training rows), a list of names, or empty (none)."""
+    wanted = (cfg.get("extra") or {}).get("features", "auto")
+    if data is None or not wanted:
+        return (), ()
+    numeric, categorical = data.numeric_names, data.categorical_names
+    if wanted == "auto":
+        return tuple(numeric), tuple(categorical)
+    if not isinstance(wanted, list):
+        raise ValueError(f"ranker.extra.features must be auto, a list of f_* column names or empty, got {wanted!r}")
+    absent = [name for name in wanted if name not in numeric and name not in categorical]
+    if absent:
+        raise ValueError(f"ranker.extra.features names columns the log does not have: {absent} "
+                         f"(it has {sorted(numeric + categorical) or 'no f_* columns'})")
+    return (tuple(n for n in wanted if n in numeric), tuple(n for n in wanted if n in categorical))
 
 
 def position_log_odds(x: Features, max_position: int, prior_rows: float = 20.0) -> torch.Tensor:
@@ -148,7 +220,11 @@ def save(model: Ranker, directory: str | Path) -> None:
 def load(directory: str | Path) -> Ranker:
     """Rebuild from the JSON config and safetensors weights; nothing is unpickled."""
     directory = Path(directory)
-    config = RankerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+    fields = json.loads((directory / CONFIG_FILE).read_text())
+    for key in ("numeric_features", "categorical_features"):  # JSON lists back to the config's tuples
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    config = RankerConfig(**fields)
     model = Ranker(config)
     state = load_file(str(directory / WEIGHTS_FILE))
     # Models saved before calibration existed are uncalibrated: the identity.

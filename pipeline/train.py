@@ -48,9 +48,10 @@ def _round(value):
 
 def fingerprint(day: str, params: dict, x, weights) -> str:
     """What a checkpoint must match to be resumed: the knobs, the day and the training rows themselves."""
-    digest = hashlib.sha256(json.dumps([day, params["seed"], params["ranker"], params["train"]],
+    digest = hashlib.sha256(json.dumps([day, params["seed"], params["ranker"], params["train"],
+                                        x.numeric_names, x.categorical_names],
                                        sort_keys=True, default=str).encode())
-    for tensor in (x.dense, x.position, x.click, x.purchase, x._query, x._title):
+    for tensor in (x.dense, x.ids, x.numeric, x.categorical, x.position, x.click, x.purchase, x._query, x._title):
         digest.update(tensor.numpy().tobytes())
     digest.update(weights.astype("float32").tobytes())
     return digest.hexdigest()

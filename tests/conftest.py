@@ -36,6 +36,9 @@ def tiny_params() -> dict:
     """The project's params with the test-size knobs: tiny BERT, a few steps, a few thousand rows."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["simulate"]["impressions_per_day"] = TINY_IMPRESSIONS
+    # One torch thread: tiny models gain nothing from two, and on a busy 2-CPU machine two threads per
+    # process made them many times slower.
+    params["compute"]["threads"] = 1
     params["pretrain"].update(base_model="tiny-bert", max_steps=4, batch_size=8, embed_batch_size=128)
     params["ranker"]["hidden"] = 32
     params["importance"].update(folds=2, epochs=1)
