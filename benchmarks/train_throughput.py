@@ -7,7 +7,8 @@ million impressions it implies.
 Simulates one day with the project's params, builds its features with the base encoder's embeddings
 (as the train stage sees them), then times pipeline/training.py's loop for each configuration after
 one warm-up epoch. Configurations: fp32 (params as they are), workers2 (two DataLoader workers),
-accum4 (4 micro-batches per step), bf16 (autocast; on CUDA the default). On a machine with CUDA it
+accum4 (4 micro-batches per step), bf16 (autocast; on CUDA the default), tower1 (the base encoder's top
+layer tuned inside the ranker over cached bottom-layer states). On a machine with CUDA it
 times the same configurations there too (compute.device auto picks it).
 """
 from __future__ import annotations
@@ -39,8 +40,23 @@ CONFIGS = {
     "workers2": {"precision": "fp32", "loader_workers": 2},
     "accum4": {"precision": "fp32", "accumulation_steps": 4},
     "bf16": {"precision": "bf16"},
+    # the base encoder's top layer tuned inside the ranker (ranker.encoder.tune_top_layers 1)
+    "tower1": {"precision": "fp32", "tune_top_layers": 1},
 }
 TEN_MILLION = 10_000_000
+
+
+def tuned_tower(data, params: dict, layers: int, device: str):
+    """(tower, TextStates) from the base encoder, over the texts load_log embedded (same order)."""
+    from pipeline import encoder as enc
+    from pipeline import text_tower
+
+    texts = sorted(set(data.catalog["title"].dropna()) | set(data.impressions["query"].dropna()))
+    tokenizer, model = enc.load_base(params["pretrain"]["base_model"], params["pretrain"].get("tiny_bert", {}), 7)
+    cfg = params["ranker"]["encoder"]
+    states = text_tower.bottom_states(model.base_model, tokenizer, texts, layers, int(cfg["max_length"]),
+                                      int(cfg["batch_size"]), device)
+    return text_tower.TextTower.from_encoder(model.base_model, layers), states
 
 
 def main() -> int:
@@ -57,8 +73,13 @@ def main() -> int:
     x = data.x.subset(data.train_index)
     runs = {}
     for name in args.configs.split(","):
-        cfg = {**params["train"], **CONFIGS[name], "max_steps": None}
-        model = ranker.new_model(x.text_dim, params["ranker"], 7, x)
+        knobs = dict(CONFIGS[name])
+        layers = knobs.pop("tune_top_layers", 0)
+        cfg = {**params["train"], **knobs, "max_steps": None}
+        tower = None
+        if layers:
+            tower, x.states = tuned_tower(data, params, layers, device)
+        model = ranker.new_model(x.text_dim, params["ranker"], 7, x, tower=tower)
         training.fit(model, x, None, cfg, 7, device, 1, loss_fn=ranker.per_sample_loss)  # warm-up
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -68,6 +89,7 @@ def main() -> int:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         rate = len(x) * args.epochs / seconds
+        x.states = None
         runs[name] = {"impressions_per_second": round(rate), "seconds": round(seconds, 2),
                       "epoch_10m_minutes": round(TEN_MILLION / rate / 60, 1), "knobs": CONFIGS[name]}
         print(f"{name:9s} {device}: {rate:,.0f} impressions/s; one epoch over 10M impressions "

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--day", required=True, help="YYYY-MM-DD")
     parser.add_argument("--embeddings", required=True, help="candidate's embeddings (pretrain output)")
     parser.add_argument("--model", required=True, help="candidate ranker folder (train output)")
+    parser.add_argument("--encoder", default=None,
+                        help="candidate's encoder (pretrain output); needed for a ranker that tunes its top layers")
     parser.add_argument("--baseline", required=True, help="baseline.json naming the champion to compare with")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", required=True, help="output folder: metrics.json, calibration.csv")
@@ -71,7 +73,7 @@ def champion_predictions(champion: dict, registry_dir: str, impressions, catalog
                          device: str) -> dict:
     """Embed the slice's texts with the champion's own encoder, then score with its ranker."""
     from pipeline import encoder as enc
-    from pipeline import features, ranker, registry
+    from pipeline import features, ranker, registry, text_tower
     from pipeline.embeddings import EmbeddingTable
 
     folder = registry.model_dir(registry_dir, champion)
@@ -80,7 +82,12 @@ def champion_predictions(champion: dict, registry_dir: str, impressions, catalog
     cfg = params["pretrain"]
     table = EmbeddingTable(texts, enc.embed(model, tokenizer, texts, cfg["max_length"], cfg["embed_batch_size"], device))
     x = features.build(impressions, catalog, table, params["ranker"]["max_position"])
-    return ranker.predict(ranker.load(folder / "ranker"), x, device, with_position=True)
+    champion_ranker = ranker.load(folder / "ranker")
+    if champion_ranker.config.tower_layers:  # its tuned layers read its own encoder's bottom layers
+        cfg = params["ranker"]["encoder"]
+        x.states = text_tower.bottom_states(model, tokenizer, texts, champion_ranker.config.tower_layers,
+                                            int(cfg["max_length"]), int(cfg["batch_size"]), device)
+    return ranker.predict(champion_ranker, x, device, with_position=True)
 
 
 def scored_slices(scorer: Scorer, masks: dict, models: dict) -> dict:
@@ -116,8 +123,8 @@ def window_days(window_file) -> list[str] | None:
 
 
 def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, params: dict,
-        window_file=None) -> dict:
-    from pipeline import ranker, slices
+        window_file=None, encoder_dir=None) -> dict:
+    from pipeline import embeddings, ranker, slices, text_tower
     from pipeline.compute import setup
     from pipeline.dataset import load_day
 
@@ -133,7 +140,13 @@ def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, p
     masks, slicing = slices.build(impressions, data.impressions, data.catalog, data_dir, day, cfg["slices"],
                                   window_days(window_file))
     scorer = Scorer(impressions, cfg)
-    candidate = ranker.predict(ranker.load(model_dir), data.x.subset(rows), device, with_position=True)
+    candidate_model = ranker.load(model_dir)
+    if candidate_model.config.tower_layers:
+        if encoder_dir is None:
+            raise ValueError(f"{model_dir} tunes the encoder's top layers: pass --encoder (the pretrain output)")
+        _, data.x.states = text_tower.states_for(encoder_dir, embeddings.load(embeddings_dir).texts,
+                                                 candidate_model.config.tower_layers, params, device)
+    candidate = ranker.predict(candidate_model, data.x.subset(rows), device, with_position=True)
     models = {"candidate": (candidate, scorer.ranks(candidate["score"])), "champion": None}
     champion = read_json(baseline_file)["champion"]
     if champion is not None:
@@ -159,5 +172,5 @@ def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, p
 
 def main(args: argparse.Namespace) -> int:
     run(args.data, args.day, args.embeddings, args.model, args.baseline, args.out, load_params(args.params),
-        args.window)
+        args.window, args.encoder)
     return 0

@@ -34,7 +34,7 @@ class Features:
                  click: torch.Tensor, purchase: torch.Tensor, texts: torch.Tensor | None = None,
                  ids: torch.Tensor | None = None, numeric: torch.Tensor | None = None,
                  categorical: torch.Tensor | None = None, numeric_names: tuple[str, ...] = (),
-                 categorical_names: tuple[str, ...] = ()):
+                 categorical_names: tuple[str, ...] = (), states=None):
         n = len(click)
         self._query, self._title = query, title  # (n, d) vectors, or (n,) indices into texts
         self.dense = dense          # (n, len(DENSE_FEATURES))
@@ -48,6 +48,8 @@ class Features:
         self.click = click          # (n,) float
         self.purchase = purchase    # (n,) float
         self.texts = texts          # (unique texts + 1, d) or None
+        # text_tower.TextStates in the order of `texts`, for a ranker that tunes the encoder's top layers
+        self.states = states
 
     @property
     def query(self) -> torch.Tensor:
@@ -57,6 +59,13 @@ class Features:
     @property
     def title(self) -> torch.Tensor:
         return self._title if self.texts is None else self.texts[self._title]
+
+    @property
+    def text_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query, title) rows in the text table, for rows built by `build`."""
+        if self.texts is None:
+            raise ValueError("these rows hold their text vectors, not indices into a table")
+        return self._query, self._title
 
     @property
     def text_dim(self) -> int:
@@ -77,7 +86,8 @@ class Features:
     def _extras(self, op) -> dict:
         """Keyword arguments for a Features holding op(tensor) of each per-row column besides _columns."""
         return {"ids": op(self.ids), "numeric": op(self.numeric), "categorical": op(self.categorical),
-                "numeric_names": self.numeric_names, "categorical_names": self.categorical_names}
+                "numeric_names": self.numeric_names, "categorical_names": self.categorical_names,
+                "states": self.states}
 
     def with_texts(self, texts: torch.Tensor) -> "Features":
         """The same rows gathering their text vectors from `texts` (same rows, other vectors: for
@@ -99,12 +109,17 @@ class Features:
 
     def to(self, device: str, non_blocking: bool = False) -> "Features":
         texts = None if self.texts is None else self.texts.to(device, non_blocking=non_blocking)
-        return Features(*(column.to(device, non_blocking=non_blocking) for column in self._columns()), texts=texts,
-                        **self._extras(lambda t: t.to(device, non_blocking=non_blocking)))
+        moved = Features(*(column.to(device, non_blocking=non_blocking) for column in self._columns()), texts=texts,
+                         **self._extras(lambda t: t.to(device, non_blocking=non_blocking)))
+        moved.states = None if self.states is None else self.states.to(device, non_blocking=non_blocking)
+        return moved
 
     def gathered(self) -> "Features":
         """The same rows holding their own text vectors (no shared table): what a DataLoader worker
         hands over, so that pinning and copying a batch moves only the batch."""
+        if self.states is not None:
+            raise ValueError("a ranker tuning the encoder's top layers needs the rows' text indices: "
+                             "train.loader_workers must be 0 with ranker.encoder.tune_top_layers")
         return Features(self.query, self.title, self.dense, self.position, self.click, self.purchase,
                         **self._extras(lambda t: t))
 

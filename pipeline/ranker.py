@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.features import DENSE_FEATURES, ID_FEATURES, Features
+from pipeline.text_tower import TextTower
 
 WEIGHTS_FILE = "ranker.safetensors"
 CONFIG_FILE = "ranker.json"
@@ -35,6 +36,9 @@ class RankerConfig:
     categorical_features: tuple = ()  # f_* columns read as strings: an embedding of their hash each
     extra_buckets: int = 0
     extra_dim: int = 0
+    tower_layers: int = 0         # the encoder's top layers tuned inside the ranker (0: frozen embeddings)
+    tower_config: dict | None = None  # their BertConfig fields (text_tower.LAYER_CONFIG_KEYS)
+    tower_learning_rate: float = 0.0
 
 
 class Ranker(nn.Module):
@@ -59,15 +63,26 @@ class Ranker(nn.Module):
         )
         self.click_head = nn.Linear(config.hidden, 1)
         self.conversion_head = nn.Linear(config.hidden, 1)
+        self.text_tower = TextTower(config.tower_config, config.tower_layers) if config.tower_layers else None
         self.position_bias = nn.Embedding(config.max_position + 1, 1)
         # Platt scaling (a, b) of the click logit, fitted after weighted training: weights move the
         # model's base rate, the calibration slice (unweighted) puts probabilities back on the log's scale.
         self.register_buffer("click_calibration", torch.tensor([1.0, 0.0]))
         nn.init.zeros_(self.position_bias.weight)
 
+    def optimizer_groups(self, learning_rate: float) -> list[dict]:
+        return optimizer_groups(self, learning_rate)
+
     def forward(self, x: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(position-free click logit, position bias logit, purchase-given-click logit)."""
-        parts = [x.query, x.title, x.query * x.title, x.dense]
+        if self.text_tower is not None:
+            if x.states is None:
+                raise ValueError("this ranker tunes the encoder's top layers: its rows need the bottom layers' "
+                                 "states (text_tower.bottom_states with the encoder it was trained on)")
+            query, title = self.text_tower.vectors(x.states, *x.text_indices)
+        else:
+            query, title = x.query, x.title
+        parts = [query, title, query * title, x.dense]
         if self.id_embeddings:
             buckets = _fold(x.ids, self.config.id_buckets)
             parts += [table(buckets[:, k]) for k, table in enumerate(self.id_embeddings)]
@@ -82,6 +97,15 @@ class Ranker(nn.Module):
         h = self.body(torch.cat(parts, dim=1))
         return (self.click_head(h).squeeze(1), self.position_bias(x.position).squeeze(1),
                 self.conversion_head(h).squeeze(1))
+
+
+def optimizer_groups(model: Ranker, learning_rate: float) -> list[dict]:
+    """AdamW parameter groups: the tuned encoder layers at their own (small) rate, the rest at the loop's."""
+    if model.text_tower is None:
+        return [{"params": list(model.parameters())}]
+    tower = {id(p) for p in model.text_tower.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in tower]},
+            {"params": list(model.text_tower.parameters()), "lr": model.config.tower_learning_rate}]
 
 
 def _fold(hashes: torch.Tensor, buckets: int) -> torch.Tensor:
@@ -106,9 +130,11 @@ def per_sample_loss(model: Ranker, x: Features) -> torch.Tensor:
     return click_loss + purchase_loss
 
 
-def new_model(text_dim: int, cfg: dict, seed: int, data: Features | None = None) -> Ranker:
+def new_model(text_dim: int, cfg: dict, seed: int, data: Features | None = None,
+              tower: TextTower | None = None) -> Ranker:
     """A fresh ranker. With `data`: the position biases start from the logged click rate by position, the
-    f_* features that ranker.extra_features names are taken from it, with their mean and spread."""
+    f_* features that ranker.extra_features names are taken from it, with their mean and spread. With
+    `tower` (the encoder's top layers, text_tower.TextTower.from_encoder), those layers are tuned too."""
     torch.manual_seed(seed)
     ids = cfg.get("ids") or {}
     if ids and int(ids.get("buckets", 0)) == 1:
@@ -122,7 +148,13 @@ def new_model(text_dim: int, cfg: dict, seed: int, data: Features | None = None)
                                 id_buckets=int(ids.get("buckets", 0)), id_dim=int(ids.get("dim", 0)),
                                 numeric_features=numeric, categorical_features=categorical,
                                 extra_buckets=int(extra.get("buckets", 0)) if categorical else 0,
-                                extra_dim=int(extra.get("dim", 0)) if categorical else 0))
+                                extra_dim=int(extra.get("dim", 0)) if categorical else 0,
+                                tower_layers=0 if tower is None else len(tower.layers),
+                                tower_config=None if tower is None else tower.config,
+                                tower_learning_rate=0.0 if tower is None else
+                                float((cfg.get("encoder") or {})["learning_rate"])))
+    if tower is not None:
+        model.text_tower.load_state_dict(tower.state_dict())
     if data is not None and len(data):
         model.position_bias.weight.data[:, 0] = position_log_odds(data, cfg["max_position"])
         # Start at the log's click rate, not 0.5: early epochs then learn items, not the intercept.

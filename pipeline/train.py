@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="scores.parquet written by importance")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", required=True, help="output folder: model/, metrics.json, loss.csv")
+    parser.add_argument("--encoder", default=None,
+                        help="encoder folder written by pretrain; needed when ranker.encoder.tune_top_layers > 0")
     parser.add_argument("--checkpoints", default=None,
                         help="folder for resumable checkpoints (kept until the run succeeds; default: none)")
 
@@ -51,7 +53,7 @@ def fingerprint(day: str, params: dict, x, weights) -> str:
     digest = hashlib.sha256(json.dumps([day, params["seed"], params["ranker"], params["train"],
                                         x.numeric_names, x.categorical_names],
                                        sort_keys=True, default=str).encode())
-    for tensor in (x.dense, x.ids, x.numeric, x.categorical, x.position, x.click, x.purchase, x._query, x._title):
+    for tensor in (x.dense, x.ids, x.numeric, x.categorical, x.position, x.click, x.purchase, *x.text_indices):
         digest.update(tensor.numpy().tobytes())
     digest.update(weights.astype("float32").tobytes())
     return digest.hexdigest()
@@ -69,8 +71,9 @@ def split_training_slice(in_train, cfg: dict):
     return ~(calibration | validation), validation, calibration
 
 
-def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict, checkpoints=None) -> dict:
-    from pipeline import ranker, training
+def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict, checkpoints=None,
+        encoder_dir=None) -> dict:
+    from pipeline import embeddings, ranker, text_tower, training
     from pipeline.compute import setup
     from pipeline.dataset import load_day
     from pipeline.metrics import ece
@@ -87,8 +90,21 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
                                   weights_file)
     weights = all_weights[fit_mask]
     train_x = data.x.subset(rows)
+    tower = None
+    layers = text_tower.tuned_layers(params)
+    if layers:
+        if cfg.get("loader_workers", 0):
+            raise ValueError("ranker.encoder.tune_top_layers needs train.loader_workers 0 (the tuned layers "
+                             "read the rows' text indices, which worker batches replace by vectors)")
+        if encoder_dir is None:
+            raise ValueError("ranker.encoder.tune_top_layers > 0: pass --encoder (the pretrain stage's encoder)")
+        # Each unique text through the frozen bottom layers once; the rows share the cache.
+        encoder, data.x.states = text_tower.states_for(encoder_dir, embeddings.load(embeddings_dir).texts,
+                                                       layers, params, device)
+        tower = text_tower.TextTower.from_encoder(encoder, layers)
+        train_x = data.x.subset(rows)
+    model = ranker.new_model(data.x.text_dim, params["ranker"], seed, train_x, tower=tower)
     validation = (data.x.subset(validation_rows), all_weights[validation_mask]) if len(validation_rows) else None
-    model = ranker.new_model(data.x.text_dim, params["ranker"], seed, train_x)
     leader = int(os.environ.get("RANK", 0)) == 0
     started = time.perf_counter()
     with tqdm(total=len(rows) * cfg["epochs"], desc="train", unit="row", unit_scale=True, disable=not leader) as bar:
@@ -134,5 +150,6 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
 
 
 def main(args: argparse.Namespace) -> int:
-    run(args.data, args.day, args.embeddings, args.weights, args.out, load_params(args.params), args.checkpoints)
+    run(args.data, args.day, args.embeddings, args.weights, args.out, load_params(args.params), args.checkpoints,
+        args.encoder)
     return 0

@@ -154,7 +154,9 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
     model.to(device).train()
     on_device = x.to(device) if knobs.loader_workers == 0 else x
     w = (torch.ones(len(x)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=knobs.learning_rate, weight_decay=knobs.weight_decay)
+    # A model may ask for groups of its own (the ranker's tuned encoder layers take a smaller rate).
+    groups = model.optimizer_groups(knobs.learning_rate) if hasattr(model, "optimizer_groups") else model.parameters()
+    optimizer = torch.optim.AdamW(groups, lr=knobs.learning_rate, weight_decay=knobs.weight_decay)
     trained = model
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel
