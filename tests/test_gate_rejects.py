@@ -13,15 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import DAY, NEXT_DAY, make_workspace, repro, run, simulate
+from conftest import DAY, NEXT_DAY, make_workspace, repro, run, simulate, tiny_params
 from pipeline import registry
 from pipeline.contract import DayPaths, impression_parts
 
 pytestmark = pytest.mark.slow
 
-# Thresholds for the tiny day (about 600 held-out rows). Measured on it: a retrain with another seed
-# moves AUC by about 0.002 and log loss by under 0.1%, on the whole slice and on each surface; the
-# shuffled-label candidate loses about 0.06 AUC and 3-7% log loss on each.
+# Thresholds for this module's day (learnable_params: about 4,000 held-out rows in 270 requests).
+# Measured on it: a retrain with another seed moves AUC by about 0.002, log loss by 0.1% and NDCG@10
+# by 0.003; the one-step candidate loses about 0.05 AUC, 6% log loss and 0.23 NDCG@10, and the
+# shuffled-label one 0.33 AUC and 17% log loss.
 GATE = {
     "min_slice_rows": 200,
     "checks": {
@@ -29,12 +30,31 @@ GATE = {
         "logloss_click": {"direction": "lower", "max_value": 0.7, "max_relative_regression": 0.02},
         "auc_purchase": {"direction": "higher", "max_regression": 0.05},
         "ece_click": {"direction": "lower", "max_value": 0.1},
+        "ndcg_at_10": {"direction": "higher", "max_regression": 0.05},
     },
     "slice_checks": {
         "auc_click": {"direction": "higher", "max_regression": 0.05},
         "logloss_click": {"direction": "lower", "max_relative_regression": 0.02},
     },
 }
+
+
+def learnable_params() -> dict:
+    """Tiny params on a log whose clicks say more than their position.
+
+    On the default simulated day a logistic regression on position alone reaches a held-out click AUC
+    of 0.702 and one given the simulator's true relevance as well only 0.709: no ranker can beat a
+    model that knows nothing but position, so no gate could tell a trained ranker from an untrained
+    one there. Here an item's latent quality dominates its relevance and sets its click odds steeply,
+    and the catalog is small enough for the item embeddings to see each item often in one day (about
+    130 impressions each); the ranker trains long enough to learn them.
+    """
+    params = tiny_params()
+    params["simulate"].update(impressions_per_day=20_000, n_items=150, ranker_noise=3.0,
+                              attractiveness_slope=10.0, attractiveness_bias=-7.0,
+                              relevance_weights={"match": 0.1, "preference": 0.0, "price": 0.0, "quality": 0.9})
+    params["train"].update(batch_size=256, epochs=6, learning_rate=0.005)
+    return params
 
 
 def cli(workspace: Path, *args: str):
@@ -44,7 +64,7 @@ def cli(workspace: Path, *args: str):
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory) -> Path:
     """A workspace whose retrain of DAY promoted a champion, and the gate params of these tests."""
-    workspace = make_workspace(tmp_path_factory.mktemp("gate") / "ws")
+    workspace = make_workspace(tmp_path_factory.mktemp("gate") / "ws", learnable_params())
     simulate(workspace, DAY)
     repro(workspace, DAY)
     assert registry.current(workspace / "registry") is not None
@@ -149,13 +169,7 @@ def test_candidate_trained_for_one_step_is_not_blessed(champion):
     model = train(champion, "one_step", "data/raw", one_step)
     assert json.loads((champion / "candidates/one_step/train/metrics.json").read_text())["steps"] == 1
     metrics, decision = evaluate_and_gate(champion, "one_step", model)
-    if decision["blessed"]:
-        # On simulated logs the trained ranker gains nothing on held-out clicks over where training
-        # starts: the position biases and the click intercept start from the training slice's click
-        # rates by position (pipeline/ranker.py new_model), and the trained model's click AUC stays
-        # within 0.003 of the logged position's alone (on the 50,000-row demo day too). A one-step
-        # candidate is that start, so it matches the champion on every metric evaluate computes
-        # (AUC 0.6567 vs 0.6566, log loss 0.3309 vs 0.3310 here) and an honest gate blesses it.
-        pytest.xfail(f"a one-step ranker matches the trained champion on held-out clicks: "
-                     f"{metrics['candidate']} vs {metrics['champion']}")
     assert_rejected_and_not_promoted(champion, "one_step", model, decision)
+    failed = {(c["slice"], c["metric"], c["kind"]) for c in decision["checks"] if not c["passed"]}
+    # It ranks no better than where training starts: click odds by logged position alone.
+    assert {("overall", "auc_click", "change"), ("overall", "ndcg_at_10", "change")} <= failed
