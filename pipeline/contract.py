@@ -76,8 +76,13 @@ def impression_parts(paths: DayPaths) -> list[Path]:
 
 
 def _read_table(path: Path, columns: list[str] | None = None, dictionary=()) -> pa.Table:
+    return _parquet(path, pq.read_table, columns=columns, read_dictionary=list(dictionary) or None)
+
+
+def _parquet(path: Path, read, **kwargs):
+    """`read(path, **kwargs)` with an unreadable file reported as a ContractError naming it."""
     try:
-        return pq.read_table(path, columns=columns, read_dictionary=list(dictionary) or None)
+        return read(path, **kwargs)
     except (OSError, pa.ArrowException) as exc:
         raise ContractError(f"{path}: cannot be read as Parquet ({exc})") from exc
 
@@ -112,10 +117,11 @@ def read_impressions_of_days(data_dir: str | Path, days: list[str], extra_featur
     part lacks one). Repeated ids and string f_* come back as categoricals and the labels as int8."""
     tables = []
     for part in (part for day in days for part in impression_parts(DayPaths(Path(data_dir), day))):
-        extra = ([name for name in _read_schema(part).names if name.startswith(EXTRA_FEATURE_PREFIX)]
-                 if extra_features else [])
-        tables.append(_read_table(part, IMPRESSION_SCHEMA.names + extra, dictionary=REPEATED_COLUMNS + tuple(
-            name for name in extra if pa.types.is_string(_read_schema(part).field(name).type))))
+        schema = _parquet(part, pq.read_schema) if extra_features else None
+        extra = [field for field in schema if field.name.startswith(EXTRA_FEATURE_PREFIX)] if extra_features else []
+        strings = tuple(field.name for field in extra if pa.types.is_string(field.type))
+        tables.append(_read_table(part, IMPRESSION_SCHEMA.names + [field.name for field in extra],
+                                  dictionary=REPEATED_COLUMNS + strings))
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException as exc:
@@ -125,13 +131,6 @@ def read_impressions_of_days(data_dir: str | Path, days: list[str], extra_featur
     for name in LABEL_COLUMNS:
         table = table.set_column(table.schema.get_field_index(name), name, table[name].cast(pa.int8()))
     return table.to_pandas(self_destruct=True, split_blocks=True)
-
-
-def _read_schema(path: Path) -> pa.Schema:
-    try:
-        return pq.read_schema(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise ContractError(f"{path}: cannot be read as Parquet ({exc})") from exc
 
 
 def read_catalog(data_dir: str | Path, day: str) -> pd.DataFrame:

@@ -84,9 +84,8 @@ def champion_predictions(champion: dict, registry_dir: str, impressions, catalog
     x = features.build(impressions, catalog, table, params["ranker"]["max_position"])
     champion_ranker = ranker.load(folder / "ranker")
     if champion_ranker.config.tower_layers:  # its tuned layers read its own encoder's bottom layers
-        cfg = params["ranker"]["encoder"]
-        x.states = text_tower.bottom_states(model, tokenizer, texts, champion_ranker.config.tower_layers,
-                                            int(cfg["max_length"]), int(cfg["batch_size"]), device)
+        x.states = text_tower.cached_states(model, tokenizer, texts, champion_ranker.config.tower_layers, params,
+                                            device)
     return ranker.predict(champion_ranker, x, device, with_position=True)
 
 

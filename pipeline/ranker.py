@@ -71,7 +71,12 @@ class Ranker(nn.Module):
         nn.init.zeros_(self.position_bias.weight)
 
     def optimizer_groups(self, learning_rate: float) -> list[dict]:
-        return optimizer_groups(self, learning_rate)
+        """AdamW parameter groups: the tuned encoder layers at their own (small) rate, the rest at the loop's."""
+        if self.text_tower is None:
+            return [{"params": list(self.parameters())}]
+        tower = {id(p) for p in self.text_tower.parameters()}
+        return [{"params": [p for p in self.parameters() if id(p) not in tower]},
+                {"params": list(self.text_tower.parameters()), "lr": self.config.tower_learning_rate}]
 
     def forward(self, x: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(position-free click logit, position bias logit, purchase-given-click logit)."""
@@ -97,15 +102,6 @@ class Ranker(nn.Module):
         h = self.body(torch.cat(parts, dim=1))
         return (self.click_head(h).squeeze(1), self.position_bias(x.position).squeeze(1),
                 self.conversion_head(h).squeeze(1))
-
-
-def optimizer_groups(model: Ranker, learning_rate: float) -> list[dict]:
-    """AdamW parameter groups: the tuned encoder layers at their own (small) rate, the rest at the loop's."""
-    if model.text_tower is None:
-        return [{"params": list(model.parameters())}]
-    tower = {id(p) for p in model.text_tower.parameters()}
-    return [{"params": [p for p in model.parameters() if id(p) not in tower]},
-            {"params": list(model.text_tower.parameters()), "lr": model.config.tower_learning_rate}]
 
 
 def _fold(hashes: torch.Tensor, buckets: int) -> torch.Tensor:

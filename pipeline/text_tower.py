@@ -111,7 +111,11 @@ def states_for(encoder_dir, texts: list[str], layers: int, params: dict, device:
     """(encoder, TextStates of `texts`) with the encoder in `encoder_dir` (a pretrain output)."""
     from pipeline import encoder as enc
 
-    cfg = params["ranker"]["encoder"]
     tokenizer, encoder = enc.load_encoder(encoder_dir)
-    return encoder, bottom_states(encoder, tokenizer, texts, layers, int(cfg["max_length"]), int(cfg["batch_size"]),
-                                  device)
+    return encoder, cached_states(encoder, tokenizer, texts, layers, params, device)
+
+
+def cached_states(encoder, tokenizer, texts: list[str], layers: int, params: dict, device: str) -> TextStates:
+    """bottom_states with ranker.encoder's max_length and batch_size."""
+    cfg = params["ranker"]["encoder"]
+    return bottom_states(encoder, tokenizer, texts, layers, int(cfg["max_length"]), int(cfg["batch_size"]), device)

@@ -89,7 +89,6 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
     all_weights = aligned_weights(data.impressions["event_id"].iloc[data.train_index].reset_index(drop=True),
                                   weights_file)
     weights = all_weights[fit_mask]
-    train_x = data.x.subset(rows)
     tower = None
     layers = text_tower.tuned_layers(params)
     if layers:
@@ -102,7 +101,7 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
         encoder, data.x.states = text_tower.states_for(encoder_dir, embeddings.load(embeddings_dir).texts,
                                                        layers, params, device)
         tower = text_tower.TextTower.from_encoder(encoder, layers)
-        train_x = data.x.subset(rows)
+    train_x = data.x.subset(rows)  # after the tower's states are attached: the subset carries them
     model = ranker.new_model(data.x.text_dim, params["ranker"], seed, train_x, tower=tower)
     validation = (data.x.subset(validation_rows), all_weights[validation_mask]) if len(validation_rows) else None
     leader = int(os.environ.get("RANK", 0)) == 0

@@ -127,11 +127,24 @@ def test_item_embeddings_learn_what_the_texts_cannot_say():
 
 
 def test_an_item_first_seen_at_serving_is_scored():
-    x = synthetic(50)
-    x.ids = torch.randint(1, 2**31 - 1, (50, 3), dtype=torch.int32)  # hashes no training row had
-    model = ranker.new_model(6, {**CFG, "ids": {"buckets": 64, "dim": 4}}, seed=1)
+    """An unseen hash folds into one of the trained buckets and is scored from that bucket's row."""
+    n, buckets = 50, 64
+    one = synthetic(1)  # every row has the same texts, dense features and position: only the ids differ
+    x = Features(one.query.expand(n, -1), one.title.expand(n, -1), one.dense.expand(n, -1),
+                 one.position.expand(n), torch.zeros(n), torch.zeros(n))
+    x.ids = torch.randint(1, 2**30, (n, 3), dtype=torch.int32)  # hashes no training row had
+    model = ranker.new_model(6, {**CFG, "ids": {"buckets": buckets, "dim": 4}}, seed=1)
+    with torch.no_grad():
+        for table in model.id_embeddings:
+            table.weight.normal_(std=1.0)  # as if trained: buckets far apart
     scores = ranker.predict(model, x, "cpu", with_position=False)["score"]
-    assert np.isfinite(scores).all() and len(np.unique(scores)) > 1
+    assert np.isfinite(scores).all() and len(np.unique(scores)) > n // 2
+    # A hash that folds into the same buckets as row 0's gets row 0's score.
+    twin = x.subset(torch.tensor([0, 1]))
+    twin.ids = twin.ids.clone()
+    twin.ids[1] = (twin.ids[0].long() + (buckets - 1)).to(torch.int32)
+    twin_scores = ranker.predict(model, twin, "cpu", with_position=False)["score"]
+    assert np.allclose(twin_scores, scores[0], rtol=1e-6, atol=0)
 
 
 def test_a_model_saved_without_id_embeddings_still_loads(tmp_path):
