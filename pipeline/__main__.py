@@ -18,6 +18,7 @@ COMMANDS = {
     "gate": ("pipeline.gate", "bless or reject the candidate against the champion"),
     "promote": ("pipeline.promote", "switch the champion pointer when the candidate is blessed"),
     "rollback": ("pipeline.rollback", "put the previous champion (or a named promoted model) back in service"),
+    "benchmark": ("pipeline.benchmark", "compare the importance estimators on injected noise and pick one"),
     "repro": ("pipeline.repro", "run one DVC stage of the retrain for a given day"),
     "summary": ("pipeline.summary", "print where a run's reports, metrics and decision are"),
 }

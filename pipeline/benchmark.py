@@ -1,0 +1,226 @@
+"""benchmark command: which importance estimator, turned into weights, gives the best retrained ranker
+on this log for its cost (BENCHMARK_PROTOCOL.md).
+
+The log's last requests are the test slice and stay clean; noise is injected into the rest. Every
+estimator scores the noisy training rows; its weights retrain the ranker, which is scored on the test
+slice beside the same ranker trained unweighted and one trained on the clean rows. Uniform weights
+and random scores run beside the estimators as baselines. Writes benchmark.json, report.html and
+selection.json (the winner by the rule of params' benchmark section) to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.atomic import atomic_dir, write_json_atomic
+from pipeline.params import load_params, stage_seed
+
+BASELINES = ("uniform", "random")
+TEST_METRICS = ("auc_click", "logloss_click", "ndcg_at_10")
+# The knobs of params' importance section that turn scores into weights: what a selection carries.
+TRANSFORM_KEYS = ("temperature", "clip", "balance_by", "normalise", "drop_lowest_percent", "drop_sessions_percent")
+SELECTION_FILE = "selection.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="raw data folder (DATA_CONTRACT.md layout), as for importance")
+    parser.add_argument("--day", action="append", default=None,
+                        help="YYYY-MM-DD; repeat for several days (default: every day in --data)")
+    parser.add_argument("--embeddings", default=None,
+                        help="embeddings folder written by pretrain (default: embed with pretrain.base_model)")
+    parser.add_argument("--noise", default=None,
+                        help="KIND:RATE,... injected into the training rows, or none (default: benchmark.noise)")
+    parser.add_argument("--estimators", default=None,
+                        help="all or NAME,NAME,... (default: benchmark.estimators)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", required=True, help="output folder: benchmark.json, report.html, selection.json")
+
+
+class Bench:
+    """The noisy training rows, the clean ones and the test slice, and how a ranker is trained on them
+    and scored."""
+
+    def __init__(self, data_dir, days, embeddings_dir, spec: dict, params: dict):
+        from pipeline import embeddings, features, noise
+        from pipeline.compute import setup
+        from pipeline.dataset import days_in, embed_with_base, read_log, uses_extra_features
+        from pipeline.evaluate import Scorer
+
+        self.params, self.cfg = params, params["benchmark"]
+        self.device = setup(params, stage_seed(params, "benchmark"))
+        impressions, self.catalog = read_log(data_dir, days, uses_extra_features(params))
+        self.days = list(days or days_in(data_dir))
+        if embeddings_dir is not None:
+            table = embeddings.load(embeddings_dir)
+        else:
+            table = embed_with_base(sorted(set(self.catalog["title"].dropna()) | set(impressions["query"].dropna())),
+                                    params)
+        test = features.holdout_mask(impressions, params["split"]["holdout_fraction"])
+        if not test.any() or test.all():
+            raise ValueError(f"{data_dir}: split.holdout_fraction leaves no test slice or no training rows")
+        clean = impressions[~test].reset_index(drop=True)
+        self.noisy, kind = noise.inject(clean, spec, stage_seed(params, "benchmark:noise"))
+        self.kind = kind
+        self.is_noise = kind != ""
+        build = lambda frame: features.build(frame, self.catalog, table, params["ranker"]["max_position"])  # noqa: E731
+        self.clean_x, self.noisy_x = build(clean), build(self.noisy)
+        self.test = impressions[test].reset_index(drop=True)
+        self.test_x = build(self.test)
+        self.scorer = Scorer(self.test, params["evaluate"])
+        self.rows = {"rows": int(len(impressions)), "train_rows": int(len(clean)), "test_rows": int(len(self.test))}
+
+    def data(self):
+        """The noisy training rows as an estimator sees them (with their own time split)."""
+        from pipeline.dataset import DayData
+        from pipeline.features import holdout_mask
+
+        return DayData(self.noisy, self.catalog, self.noisy_x,
+                       holdout_mask(self.noisy, self.params["split"]["holdout_fraction"]))
+
+    def train(self, x, weights=None, epochs: int | None = None):
+        from pipeline import ranker, training
+
+        seed = stage_seed(self.params, "benchmark:train")
+        cfg = {**self.params["train"], "max_steps": None, "checkpoint_every_steps": 0,
+               "early_stopping": {"patience": 0}}
+        model = ranker.new_model(x.text_dim, self.params["ranker"], seed, x)
+        training.fit(model, x, weights, cfg, seed, self.device, epochs or int(self.cfg["train_epochs"]),
+                     loss_fn=ranker.per_sample_loss)
+        return model
+
+    def test_metrics(self, model) -> dict:
+        from pipeline import ranker
+
+        predictions = ranker.predict(model, self.test_x, self.device, with_position=True)
+        values = self.scorer.score(predictions, self.scorer.ranks(predictions["score"]))
+        return {name: values[name] for name in TEST_METRICS}
+
+    def epoch_seconds(self) -> float:
+        started = time.perf_counter()
+        self.train(self.noisy_x, epochs=1)
+        return time.perf_counter() - started
+
+
+def estimator_names(text: str) -> list[str]:
+    from pipeline.importance import registry
+
+    known = registry.available()
+    if text.strip() == "all":
+        return sorted(known)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ValueError(f"--estimators: unknown {unknown or text!r}; known: all, {', '.join(sorted(known))}")
+    return names
+
+
+def scores_of(bench: Bench, name: str) -> tuple[np.ndarray, float, str | None]:
+    """(one score per noisy training row, seconds, cost class)."""
+    from pipeline.importance import registry
+    from pipeline.importance.stage import checked_scores
+
+    if name == "uniform":
+        return np.zeros(len(bench.noisy)), 0.0, None
+    if name == "random":
+        return np.random.default_rng(stage_seed(bench.params, "benchmark:random")).random(len(bench.noisy)), 0.0, None
+    estimator = registry.get(name)
+    seed = stage_seed(bench.params, f"importance:{name}")
+    started = time.perf_counter()
+    table = estimator.score(registry.Context(bench.data(), bench.params, seed, bench.device))
+    seconds = time.perf_counter() - started
+    return checked_scores(bench.noisy["event_id"], table, name)["score"].to_numpy(), seconds, estimator.cost_class
+
+
+def weights_of(bench: Bench, scores: np.ndarray) -> np.ndarray:
+    from pipeline.importance.weights import transform
+
+    cfg = {**bench.params["importance"], "cluster_representatives": {}}
+    groups = bench.noisy[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
+    sessions, _ = pd.factorize(bench.noisy["session_id"])
+    return transform(scores, cfg, groups, sessions, None, stage_seed(bench.params, "importance:clusters"))
+
+
+def removal_curve(bench: Bench, scores: np.ndarray, metric: str) -> dict:
+    """The primary test metric after dropping the lowest-scored (and, as the control, highest) rows."""
+    order = np.argsort(scores, kind="stable")
+    fractions = [float(f) for f in bench.cfg["removal_fractions"]]
+    curve = {"fractions": fractions, "lowest": [], "highest": []}
+    for fraction in fractions:
+        k = int(round(fraction * len(scores)))
+        for side, dropped in (("lowest", order[:k]), ("highest", order[len(order) - k:] if k else order[:0])):
+            keep = np.setdiff1d(np.arange(len(scores)), dropped)
+            curve[side].append(bench.test_metrics(bench.train(bench.noisy_x.subset(keep)))[metric])
+    return curve
+
+
+def measure(bench: Bench, name: str, reference: dict, epoch_seconds: float) -> dict:
+    from pipeline.benchmark_metrics import detection, recovery
+
+    metric = bench.cfg["metric"]
+    scores, seconds, cost_class = scores_of(bench, name)
+    found, curves = detection(scores, bench.is_noise, int(bench.cfg["curve_points"]))
+    uniform = name == "uniform"
+    test = reference["unweighted"] if uniform else bench.test_metrics(bench.train(bench.noisy_x, weights_of(bench, scores)))
+    return {"kind": "baseline" if name in BASELINES else "estimator", "cost_class": cost_class,
+            "seconds": round(seconds, 3), "cost_ratio": round(seconds / epoch_seconds, 4),
+            "detection": found, "curves": None if uniform else curves, "test": test,
+            "recovery": recovery(test[metric], reference["unweighted"][metric], reference["clean"][metric],
+                                 float(bench.cfg["min_recovery_gap"])),
+            "removal": None if uniform else removal_curve(bench, scores, metric), "error": None}
+
+
+def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None, estimators_text: str | None,
+        out_dir, params: dict) -> dict:
+    from pipeline import benchmark_report, noise
+    from pipeline.benchmark_metrics import select
+
+    cfg = params["benchmark"]
+    spec = noise.parse_spec(noise_text if noise_text is not None else cfg["noise"])
+    names = estimator_names(estimators_text if estimators_text is not None else cfg["estimators"])
+    bench = Bench(data_dir, days, embeddings_dir, spec, params)
+    epoch_seconds = bench.epoch_seconds()
+    reference = {"clean": bench.test_metrics(bench.train(bench.clean_x)),
+                 "unweighted": bench.test_metrics(bench.train(bench.noisy_x))}
+    results = {}
+    for name in [*names, *BASELINES]:
+        try:
+            results[name] = measure(bench, name, reference, epoch_seconds)
+        except Exception as exc:  # one failing estimator is reported, the others still run
+            if name in BASELINES:
+                raise
+            from pipeline.importance import registry
+
+            results[name] = {"kind": "estimator", "cost_class": registry.get(name).cost_class,
+                             "error": f"{type(exc).__name__}: {exc}"}
+        done = results[name]
+        print(f"benchmark: {name}: " + (done["error"] if done.get("error") else
+                                        f"AUROC {done['detection']['auroc']}, test {done['test']}, "
+                                        f"recovery {done['recovery']}, cost ratio {done['cost_ratio']}"))
+    rule = {"max_cost_ratio": float(cfg["max_cost_ratio"]), "tie_tolerance": float(cfg["tie_tolerance"])}
+    winner, reason = select(results, rule["max_cost_ratio"], rule["tie_tolerance"])
+    transform = {key: params["importance"].get(key) for key in TRANSFORM_KEYS}
+    kinds = pd.Series(bench.kind[bench.is_noise]).value_counts()
+    result = {"log": {"data": str(data_dir), "days": bench.days, **bench.rows},
+              "noise": {"spec": spec, "seed": stage_seed(params, "benchmark:noise"),
+                        "noisy_rows": int(bench.is_noise.sum()), "share": round(float(bench.is_noise.mean()), 6),
+                        "by_kind": {str(k): int(v) for k, v in kinds.items()}},
+              "primary_metric": cfg["metric"], "epoch_seconds": round(epoch_seconds, 3),
+              "reference": reference, "estimators": results,
+              "selection": {"estimator": winner, "transform": transform, "reason": reason, "rule": rule}}
+    selection = {"estimator": winner, "transform": transform, "reason": reason,
+                 "benchmark": {"data": str(data_dir), "days": bench.days, "noise": spec}}
+    with atomic_dir(out_dir) as tmp:
+        write_json_atomic(tmp / "benchmark.json", result)
+        write_json_atomic(tmp / SELECTION_FILE, selection)
+        benchmark_report.write(tmp, result)
+    print(f"benchmark: selection: {reason}")
+    return result
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args.data, args.day, args.embeddings, args.noise, args.estimators, Path(args.out), load_params(args.params))
+    return 0

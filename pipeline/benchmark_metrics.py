@@ -1,0 +1,93 @@
+"""What the estimator benchmark measures from scores and test metrics (BENCHMARK_PROTOCOL.md), and the
+rule that picks the estimator the retrain uses."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+
+def two_means_low(scores: np.ndarray) -> np.ndarray:
+    """The low cluster of the exact 1-D 2-means split of `scores` (the split of the sorted values that
+    minimises the within-cluster sum of squares), as a mask."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind="stable")
+    s = scores[order]
+    n = len(s)
+    low = np.zeros(n, bool)
+    if n < 2 or s[0] == s[-1]:
+        return low
+    prefix, prefix_sq = np.cumsum(s), np.cumsum(s * s)
+    k = np.arange(1, n)  # k values in the low cluster
+    sse_low = prefix_sq[k - 1] - prefix[k - 1] ** 2 / k
+    high_sum, high_sq = prefix[-1] - prefix[k - 1], prefix_sq[-1] - prefix_sq[k - 1]
+    sse_high = high_sq - high_sum ** 2 / (n - k)
+    valid = s[k - 1] < s[k]  # a split between equal values would cut a tie in two
+    cut = int(k[valid][np.argmin((sse_low + sse_high)[valid])])
+    low[order[:cut]] = True
+    return low
+
+
+def _thin(xs: np.ndarray, ys: np.ndarray, points: int) -> tuple[list, list]:
+    keep = np.unique(np.linspace(0, len(xs) - 1, min(points, len(xs))).round().astype(int))
+    return [round(float(v), 5) for v in xs[keep]], [round(float(v), 5) for v in ys[keep]]
+
+
+def detection(scores: np.ndarray, is_noise: np.ndarray, curve_points: int) -> tuple[dict, dict | None]:
+    """({auroc, auprc, f1_two_means, recall_at_noise}, {roc, pr} curves) of low scores as noise; None
+    where undefined (no noise, or nothing but noise)."""
+    is_noise = np.asarray(is_noise, bool)
+    if is_noise.all() or not is_noise.any():
+        return {"auroc": None, "auprc": None, "f1_two_means": None, "recall_at_noise": None}, None
+    suspicion = -np.asarray(scores, dtype=np.float64)
+    flagged = two_means_low(scores)
+    hits = int((flagged & is_noise).sum())
+    f1 = 2 * hits / (int(flagged.sum()) + int(is_noise.sum()))
+    k = int(is_noise.sum())
+    lowest = np.argsort(-suspicion, kind="stable")[:k]  # the k lowest-scored rows (ties by row order)
+    fpr, tpr, _ = roc_curve(is_noise, suspicion)
+    precision, recall, _ = precision_recall_curve(is_noise, suspicion)
+    roc_x, roc_y = _thin(fpr, tpr, curve_points)
+    pr_x, pr_y = _thin(recall[::-1], precision[::-1], curve_points)
+    values = {"auroc": float(roc_auc_score(is_noise, suspicion)),
+              "auprc": float(average_precision_score(is_noise, suspicion)),
+              "f1_two_means": float(f1), "recall_at_noise": float(is_noise[lowest].mean())}
+    return {name: round(v, 6) for name, v in values.items()}, \
+        {"roc": {"fpr": roc_x, "tpr": roc_y}, "pr": {"recall": pr_x, "precision": pr_y}}
+
+
+def recovery(weighted: float | None, unweighted: float | None, clean: float | None, min_gap: float) -> float | None:
+    """(weighted - unweighted) / (clean - unweighted); None when the noise costs less than `min_gap`
+    (the ratio would be noise over noise)."""
+    if None in (weighted, unweighted, clean) or abs(clean - unweighted) < min_gap:
+        return None
+    return round((weighted - unweighted) / (clean - unweighted), 6)
+
+
+def select(estimators: dict, max_cost_ratio: float, tie_tolerance: float) -> tuple[str | None, str]:
+    """(name, reason): the highest recovery among the estimators whose cost ratio is within budget; an
+    estimator within `tie_tolerance` of the best and cheaper wins the tie."""
+    ran = {name: e for name, e in estimators.items() if e["kind"] == "estimator" and not e.get("error")}
+    failed = sorted(name for name, e in estimators.items() if e["kind"] == "estimator" and e.get("error"))
+    over = sorted(name for name, e in ran.items() if e["cost_ratio"] is None or e["cost_ratio"] > max_cost_ratio)
+    undefined = sorted(name for name, e in ran.items() if name not in over and e["recovery"] is None)
+    eligible = {name: e for name, e in ran.items() if name not in over and e["recovery"] is not None}
+    notes = ([f"over the cost budget ({max_cost_ratio:g} epochs): {', '.join(over)}"] if over else []) \
+        + ([f"failed: {', '.join(failed)}"] if failed else []) \
+        + ([f"recovery undefined: {', '.join(undefined)}"] if undefined else [])
+    if not eligible:
+        why = "no estimator has a recovery within the cost budget"
+        return None, why + (f" ({'; '.join(notes)})" if notes else "")
+    best = max(e["recovery"] for e in eligible.values())
+    tied = [name for name, e in eligible.items() if e["recovery"] >= best - tie_tolerance]
+    winner = min(tied, key=lambda name: (eligible[name]["cost_ratio"], name))
+    e = eligible[winner]
+    reason = (f"{winner}: recovery {e['recovery']:.3f} at cost ratio {e['cost_ratio']:.2f}, "
+              f"the highest among {len(eligible)} estimators within the cost budget ({max_cost_ratio:g} epochs)")
+    if len(tied) > 1:
+        others = ", ".join(f"{name} {eligible[name]['recovery']:.3f} at {eligible[name]['cost_ratio']:.2f}"
+                           for name in tied if name != winner)
+        reason += f"; tied within {tie_tolerance:g} with {others}, and cheaper"
+    runner = sorted((n for n in eligible if n not in tied), key=lambda n: -eligible[n]["recovery"])[:1]
+    if runner:
+        reason += f"; next best {runner[0]} {eligible[runner[0]]['recovery']:.3f}"
+    return winner, reason + (f" ({'; '.join(notes)})" if notes else "")

@@ -1,0 +1,105 @@
+"""The estimator benchmark: its measures on known inputs, the selection rule, and the command on a
+tiny simulated log with two estimators."""
+import json
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import DAY, run, tiny_params
+from pipeline import benchmark_metrics as bm
+
+DETECTION = {"auroc", "auprc", "f1_two_means", "recall_at_noise"}
+TEST = {"auc_click", "logloss_click", "ndcg_at_10"}
+
+
+def test_two_means_splits_at_the_gap():
+    scores = np.array([0.1, 5.0, 0.2, 5.2, 0.15, 4.9, 5.1])
+    assert np.array_equal(bm.two_means_low(scores), scores < 1)
+    assert not bm.two_means_low(np.ones(5)).any()
+
+
+def test_detection_of_scores_that_put_every_noisy_row_lowest():
+    is_noise = np.array([1, 0, 0, 1, 0, 0, 0, 0], bool)
+    scores = np.where(is_noise, -1.0, 1.0) + np.linspace(0, 0.1, 8)
+    values, curves = bm.detection(scores, is_noise, curve_points=50)
+    assert values == {"auroc": 1.0, "auprc": 1.0, "f1_two_means": 1.0, "recall_at_noise": 1.0}
+    assert curves["roc"]["tpr"][-1] == 1.0 and len(curves["pr"]["recall"]) <= 50
+    flipped, _ = bm.detection(-scores, is_noise, curve_points=50)
+    assert flipped["auroc"] == 0.0 and flipped["recall_at_noise"] == 0.0
+    assert bm.detection(scores, np.zeros(8, bool), 50) == (dict.fromkeys(DETECTION), None)
+
+
+def test_recovery_is_undefined_when_the_noise_costs_nothing():
+    assert bm.recovery(0.70, 0.68, 0.72, min_gap=0.001) == 0.5
+    assert bm.recovery(0.70, 0.68, 0.6805, min_gap=0.001) is None
+
+
+def entry(recovery, cost, kind="estimator", error=None):
+    return {"kind": kind, "recovery": recovery, "cost_ratio": cost, "error": error}
+
+
+def test_selection_takes_the_best_recovery_within_budget_and_breaks_ties_by_cost():
+    estimators = {"slow_best": entry(0.9, 50.0), "good": entry(0.61, 3.0), "cheap_tie": entry(0.60, 0.5),
+                  "weak": entry(0.2, 0.1), "broken": entry(None, None, error="ValueError: x"),
+                  "random": entry(0.95, 0.0, kind="baseline")}
+    name, reason = bm.select(estimators, max_cost_ratio=10, tie_tolerance=0.02)
+    assert name == "cheap_tie"
+    assert "tied within 0.02 with good" in reason and "slow_best" in reason and "broken" in reason
+    assert bm.select(estimators, max_cost_ratio=10, tie_tolerance=0.0)[0] == "good"
+    assert bm.select(estimators, max_cost_ratio=100, tie_tolerance=0.0)[0] == "slow_best"
+    none, why = bm.select({"a": entry(None, 1.0)}, 10, 0.0)
+    assert none is None and "recovery undefined: a" in why
+
+
+@pytest.fixture(scope="module")
+def tiny_log(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    params = tiny_params()
+    # Recovery defined however little the noise costs on a tiny log; no tie, so the rule is exact.
+    params["benchmark"].update(removal_fractions=[0.1, 0.3], min_recovery_gap=0.0, tie_tolerance=0.0)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    run([sys.executable, "-m", "pipeline", "simulate", "--start", DAY, "--days", "1", "--params", "params.yaml",
+         "--out", "data/raw"], folder)
+    return folder
+
+
+def test_benchmark_command_measures_every_estimator_and_baseline_and_selects_the_better(tiny_log):
+    run([sys.executable, "-m", "pipeline", "benchmark", "--data", "data/raw", "--noise",
+         "false_click:0.2,bot_sessions:0.05", "--estimators", "click_model,oof_loss", "--params", "params.yaml",
+         "--out", "out"], tiny_log)
+    result = json.loads((tiny_log / "out/benchmark.json").read_text())
+    assert set(result["estimators"]) == {"click_model", "oof_loss", "uniform", "random"}
+    assert result["noise"]["noisy_rows"] == sum(result["noise"]["by_kind"].values()) > 0
+    assert set(result["noise"]["by_kind"]) == {"false_click", "bot_sessions"}
+    assert set(result["reference"]) == {"clean", "unweighted"}
+    for name, measured in result["estimators"].items():
+        assert measured["error"] is None, name
+        assert set(measured["detection"]) == DETECTION and set(measured["test"]) == TEST
+        assert all(isinstance(v, float) for v in measured["detection"].values()), name
+        assert all(isinstance(v, float) for v in measured["test"].values()), name
+        assert isinstance(measured["recovery"], float) and isinstance(measured["cost_ratio"], float)
+        if name != "uniform":
+            assert len(measured["removal"]["lowest"]) == len(measured["removal"]["highest"]) == 2
+    assert result["estimators"]["uniform"]["recovery"] == 0.0
+    assert result["estimators"]["click_model"]["detection"]["auroc"] > 0.6  # bots click off the position curve
+    # The selection names the estimator with the higher recovery (both are within the cost budget).
+    ranked = sorted(("click_model", "oof_loss"), key=lambda n: -result["estimators"][n]["recovery"])
+    assert all(result["estimators"][n]["cost_ratio"] <= result["selection"]["rule"]["max_cost_ratio"] for n in ranked)
+    selection = json.loads((tiny_log / "out/selection.json").read_text())
+    assert selection["estimator"] == result["selection"]["estimator"] == ranked[0]
+    assert selection["reason"].startswith(ranked[0]) and ranked[1] in selection["reason"]
+    assert selection["transform"]["clip"] == tiny_params()["importance"]["clip"]
+    html = (tiny_log / "out/report.html").read_text()
+    assert "click_model" in html and "oof_loss" in html and selection["reason"] in html
+
+
+def test_an_unknown_estimator_fails_before_anything_is_written(tiny_log):
+    result = run([sys.executable, "-m", "pipeline", "benchmark", "--data", "data/raw", "--estimators",
+                  "click_model,no_such", "--params", "params.yaml", "--out", "bad"], tiny_log, check=False)
+    assert result.returncode != 0 and "no_such" in result.stderr and "known: all" in result.stderr
+    assert not (tiny_log / "bad").exists()
+    result = run([sys.executable, "-m", "pipeline", "benchmark", "--data", "data/raw", "--noise", "typo:0.1",
+                  "--params", "params.yaml", "--out", "bad"], tiny_log, check=False)
+    assert result.returncode != 0 and "typo:0.1" in result.stderr and not (tiny_log / "bad").exists()
