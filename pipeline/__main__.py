@@ -19,6 +19,7 @@ COMMANDS = {
     "promote": ("pipeline.promote", "switch the champion pointer when the candidate is blessed"),
     "rollback": ("pipeline.rollback", "put the previous champion (or a named promoted model) back in service"),
     "benchmark": ("pipeline.benchmark", "compare the importance estimators on injected noise and pick one"),
+    "select": ("pipeline.selection", "benchmark the recent days and make the winner the retrain's estimator"),
     "repro": ("pipeline.repro", "run one DVC stage of the retrain for a given day"),
     "summary": ("pipeline.summary", "print where a run's reports, metrics and decision are"),
 }

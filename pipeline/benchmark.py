@@ -10,6 +10,7 @@ selection.json (the winner by the rule of params' benchmark section) to --out.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -21,8 +22,6 @@ from pipeline.params import load_params, stage_seed
 
 BASELINES = ("uniform", "random")
 TEST_METRICS = ("auc_click", "logloss_click", "ndcg_at_10")
-# The knobs of params' importance section that turn scores into weights: what a selection carries.
-TRANSFORM_KEYS = ("temperature", "clip", "balance_by", "normalise", "drop_lowest_percent", "drop_sessions_percent")
 SELECTION_FILE = "selection.json"
 
 
@@ -177,6 +176,7 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
         out_dir, params: dict) -> dict:
     from pipeline import benchmark_report, noise
     from pipeline.benchmark_metrics import select
+    from pipeline.selection import transform_of
 
     cfg = params["benchmark"]
     spec = noise.parse_spec(noise_text if noise_text is not None else cfg["noise"])
@@ -202,7 +202,7 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
                                         f"recovery {done['recovery']}, cost ratio {done['cost_ratio']}"))
     rule = {"max_cost_ratio": float(cfg["max_cost_ratio"]), "tie_tolerance": float(cfg["tie_tolerance"])}
     winner, reason = select(results, rule["max_cost_ratio"], rule["tie_tolerance"])
-    transform = {key: params["importance"].get(key) for key in TRANSFORM_KEYS}
+    transform = transform_of(params)
     kinds = pd.Series(bench.kind[bench.is_noise]).value_counts()
     result = {"log": {"data": str(data_dir), "days": bench.days, **bench.rows},
               "noise": {"spec": spec, "seed": stage_seed(params, "benchmark:noise"),
@@ -222,5 +222,13 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
 
 
 def main(args: argparse.Namespace) -> int:
-    run(args.data, args.day, args.embeddings, args.noise, args.estimators, Path(args.out), load_params(args.params))
+    from pipeline.contract import ContractError
+    from pipeline.days import parse_day
+
+    try:
+        days = [parse_day(d) for d in args.day] if args.day else None
+        run(args.data, days, args.embeddings, args.noise, args.estimators, Path(args.out), load_params(args.params))
+    except (ValueError, ContractError) as exc:
+        print(f"benchmark: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -4,7 +4,9 @@ Before `dvc repro` it writes the run's context into the workspace:
   run/context.yaml   the day and the importance shards, which dvc.yaml interpolates into paths and commands
   run/window.json    the earlier days (and their content hashes) that drift is measured against
   run/baseline.json  the champion that served before that day (what evaluate and gate compare with)
-Both are rewritten only when their content changes, so an unchanged rerun is a DVC cache hit.
+  run/estimator.json, run/weight_transform.json  the importance estimator and weight transform
+                     (the benchmark's selection or params: pipeline/selection.py)
+Each is rewritten only when their content changes, so an unchanged rerun is a DVC cache hit.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import registry
+from pipeline import registry, selection
 from pipeline.atomic import dumps_json, read_json, write_bytes_atomic
 from pipeline.days import parse_day
 from pipeline.params import load_params
@@ -102,6 +104,8 @@ def prepare(workspace: Path, day: str, params: dict) -> None:
     registry_dir = workspace / params["registry"]["dir"]
     write_if_changed(workspace / "run" / "baseline.json",
                      dumps_json({"champion": registry.baseline_for(registry_dir, day)}))
+    for path, content in selection.run_files(selection.resolve(workspace, params)).items():
+        write_if_changed(workspace / path, dumps_json(content))
 
 
 def rejection_message(workspace: Path, day: str) -> str | None:

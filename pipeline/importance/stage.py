@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="embeddings folder written by pretrain (default: embed with pretrain.base_model)")
     parser.add_argument("--estimator", default=None, help="estimator name (default: importance.estimator)")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--selection", nargs="+", default=None, metavar="FILE",
+                        help="run/estimator.json and/or run/weight_transform.json (written by repro): the "
+                             "estimator and weight transform in them replace params'; --estimator still wins")
     parser.add_argument("--shard", default=None,
                         help="i/n: score only shard i of n (sessions split by a hash of their id; raw scores, "
                              "no weights); shardable estimators only")
@@ -173,8 +176,14 @@ def main(args: argparse.Namespace) -> int:
         shard = parse_shard(args.shard) if args.shard else None
         if shard is not None and args.combine:
             raise ValueError("--shard and --combine exclude each other: score the shards, then combine them")
-        run(args.data, days, args.embeddings, args.out, load_params(args.params), args.estimator, shard,
-            args.combine)
+        params = load_params(args.params)
+        if args.selection:
+            from pipeline.atomic import read_json
+            from pipeline.selection import apply
+
+            for path in args.selection:
+                params = apply(params, read_json(path))
+        run(args.data, days, args.embeddings, args.out, params, args.estimator, shard, args.combine)
     except (KeyError, ValueError, ContractError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"importance: {message}", file=sys.stderr)

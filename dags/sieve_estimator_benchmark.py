@@ -1,0 +1,49 @@
+"""sieve_estimator_benchmark: weekly, which importance estimator the retrain uses.
+
+One task runs `python -m pipeline select --workspace <ws> --until <last day of the interval>`: it
+benchmarks the workspace's most recent days (benchmark.days of them, noise and rule from params),
+writes the report to work/benchmark/until=<day>/ and, when an estimator won, the selection to
+selection/estimator.json, tracked by DVC. The next sieve_retrain run reads it (importance.use_selection).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import yaml
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+
+PROJECT = Path(__file__).resolve().parents[1]
+KNOBS = yaml.safe_load((PROJECT / "params.yaml").read_text())["dag"]
+
+
+@task(task_id="select_estimator")
+def select_estimator(data_interval_start=None, data_interval_end=None, logical_date=None):
+    # The interval's last whole day: the run at Monday 00:00 benchmarks the days up to Sunday.
+    until = ((data_interval_end or logical_date) - timedelta(days=1)).astimezone(timezone.utc).date().isoformat()
+    workspace = os.environ.get("SIEVE_WORKSPACE", str(PROJECT))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "select", "--workspace", workspace, "--until", until],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    print(proc.stdout, end="")
+    if proc.returncode:
+        raise RuntimeError(f"select failed for the days up to {until} (exit {proc.returncode})")
+
+
+@dag(
+    dag_id="sieve_estimator_benchmark",
+    schedule=CronDataIntervalTimetable("0 0 * * 1", timezone="UTC"),
+    start_date=datetime.fromisoformat(KNOBS["start_date"]).replace(tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": KNOBS["retries"], "retry_delay": timedelta(seconds=KNOBS["retry_delay_seconds"])},
+    tags=["sieve", "importance"],
+    doc_md=__doc__,
+)
+def sieve_estimator_benchmark():
+    select_estimator()
+
+
+sieve_estimator_benchmark()
