@@ -103,3 +103,29 @@ def test_an_unknown_estimator_fails_before_anything_is_written(tiny_log):
     result = run([sys.executable, "-m", "pipeline", "benchmark", "--data", "data/raw", "--noise", "typo:0.1",
                   "--params", "params.yaml", "--out", "bad"], tiny_log, check=False)
     assert result.returncode != 0 and "typo:0.1" in result.stderr and not (tiny_log / "bad").exists()
+
+
+def test_benchmark_runs_on_a_log_without_the_simulators_extras(tiny_log):
+    """Any log in the contract's shape: no truth folder, no f_* columns, no logged propensities."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.contract import DayPaths, impression_parts
+
+    raw = tiny_log / "plain_raw"
+    shutil.copytree(tiny_log / "data/raw", raw, ignore=shutil.ignore_patterns("_truth"))
+    for part in impression_parts(DayPaths(raw, DAY)):
+        table = pq.read_table(part)
+        table = table.drop([name for name in table.column_names if name.startswith("f_")])
+        column = table.schema.get_field_index("propensity")
+        table = table.set_column(column, "propensity", pa.nulls(len(table), pa.float64()))
+        pq.write_table(table, part)
+    run([sys.executable, "-m", "pipeline", "benchmark", "--data", "plain_raw", "--noise", "missed_click:0.2,duplicates:0.05",
+         "--estimators", "position_ipw", "--params", "params.yaml", "--out", "plain_out"], tiny_log)
+    result = json.loads((tiny_log / "plain_out/benchmark.json").read_text())
+    assert set(result["noise"]["by_kind"]) == {"missed_click", "duplicates"}
+    measured = result["estimators"]["position_ipw"]
+    assert measured["error"] is None and measured["detection"]["auroc"] is not None
+    assert result["noise"]["by_kind"]["duplicates"] > 0 and result["noise"]["by_kind"]["missed_click"] > 0
