@@ -157,7 +157,7 @@ def removal_curve(bench: Bench, scores: np.ndarray, metric: str) -> dict:
 
 
 def measure(bench: Bench, name: str, reference: dict, epoch_seconds: float) -> dict:
-    from pipeline.benchmark_metrics import detection, recovery
+    from pipeline.benchmark_metrics import auroc_by_kind, detection, recovery
 
     metric = bench.cfg["metric"]
     scores, seconds, cost_class = scores_of(bench, name)
@@ -166,7 +166,8 @@ def measure(bench: Bench, name: str, reference: dict, epoch_seconds: float) -> d
     test = reference["unweighted"] if uniform else bench.test_metrics(bench.train(bench.noisy_x, weights_of(bench, scores)))
     return {"kind": "baseline" if name in BASELINES else "estimator", "cost_class": cost_class,
             "seconds": round(seconds, 3), "cost_ratio": round(seconds / epoch_seconds, 4),
-            "detection": found, "curves": None if uniform else curves, "test": test,
+            "detection": found, "auroc_by_kind": auroc_by_kind(scores, bench.kind),
+            "curves": None if uniform else curves, "test": test,
             "recovery": recovery(test[metric], reference["unweighted"][metric], reference["clean"][metric],
                                  float(bench.cfg["min_recovery_gap"])),
             "removal": None if uniform else removal_curve(bench, scores, metric), "error": None}

@@ -55,6 +55,17 @@ def detection(scores: np.ndarray, is_noise: np.ndarray, curve_points: int) -> tu
         {"roc": {"fpr": roc_x, "tpr": roc_y}, "pr": {"recall": pr_x, "precision": pr_y}}
 
 
+def auroc_by_kind(scores: np.ndarray, kind: np.ndarray) -> dict:
+    """Per noise kind, the AUROC of low scores for that kind's rows against the clean rows alone."""
+    kind = np.asarray(kind, dtype=object)
+    suspicion, clean = -np.asarray(scores, dtype=np.float64), kind == ""
+    out = {}
+    for name in sorted(set(kind[~clean])):
+        rows = clean | (kind == name)
+        out[str(name)] = round(float(roc_auc_score(kind[rows] == name, suspicion[rows])), 6) if clean.any() else None
+    return out
+
+
 def recovery(weighted: float | None, unweighted: float | None, clean: float | None, min_gap: float) -> float | None:
     """(weighted - unweighted) / (clean - unweighted); None when the noise costs less than `min_gap`
     (the ratio would be noise over noise)."""

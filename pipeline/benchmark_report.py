@@ -192,10 +192,13 @@ def _error_cell(entry: dict) -> str:
 
 def _detection_table(result: dict) -> str:
     keys = ("auroc", "auprc", "f1_two_means", "recall_at_noise")
-    rows = [_name_cells(name, e) + [_cell((e.get("detection") or {}).get(k)) for k in keys] + [_error_cell(e)]
+    # One more AUROC per noise kind (that kind's rows against the clean rows), when the result has them.
+    kinds = sorted({k for e in result["estimators"].values() for k in (e.get("auroc_by_kind") or {})})
+    rows = [_name_cells(name, e) + [_cell((e.get("detection") or {}).get(k)) for k in keys]
+            + [_cell((e.get("auroc_by_kind") or {}).get(k)) for k in kinds] + [_error_cell(e)]
             for name, e in result["estimators"].items()]
     return table("detection", ["estimator", "kind", "AUROC", "AUPRC", "F1 (two-means)", "recall at |noise|",
-                               "error"], rows)
+                               *[f"AUROC {escape(k)}" for k in kinds], "error"], rows)
 
 
 def _retrain_table(result: dict) -> str:

@@ -31,6 +31,12 @@ def test_detection_of_scores_that_put_every_noisy_row_lowest():
     assert bm.detection(scores, np.zeros(8, bool), 50) == (dict.fromkeys(DETECTION), None)
 
 
+def test_auroc_by_kind_scores_each_kind_against_the_clean_rows():
+    kind = np.array(["", "", "", "a", "a", "b"], dtype=object)
+    scores = np.array([1.0, 2.0, 3.0, 0.0, 0.5, 2.5])
+    assert bm.auroc_by_kind(scores, kind) == {"a": 1.0, "b": pytest.approx(1 / 3)}
+
+
 def test_recovery_is_undefined_when_the_noise_costs_nothing():
     assert bm.recovery(0.70, 0.68, 0.72, min_gap=0.001) == 0.5
     assert bm.recovery(0.70, 0.68, 0.6805, min_gap=0.001) is None
@@ -83,6 +89,8 @@ def test_benchmark_command_measures_every_estimator_and_baseline_and_selects_the
         if name != "uniform":
             assert len(measured["removal"]["lowest"]) == len(measured["removal"]["highest"]) == 2
     assert result["estimators"]["uniform"]["recovery"] == 0.0
+    for name, measured in result["estimators"].items():
+        assert set(measured["auroc_by_kind"]) == {"false_click", "bot_sessions"}, name
     assert result["estimators"]["click_model"]["detection"]["auroc"] > 0.6  # bots click off the position curve
     # The selection names the estimator with the higher recovery (both are within the cost budget).
     ranked = sorted(("click_model", "oof_loss"), key=lambda n: -result["estimators"][n]["recovery"])
