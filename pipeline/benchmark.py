@@ -144,16 +144,24 @@ def weights_of(bench: Bench, scores: np.ndarray) -> np.ndarray:
 
 
 def removal_curve(bench: Bench, scores: np.ndarray, metric: str) -> dict:
-    """The primary test metric after dropping the lowest-scored (and, as the control, highest) rows."""
-    order = np.argsort(scores, kind="stable")
+    """The primary test metric after dropping the lowest-scored (and, as the control, the highest) share
+    of rows. The share is taken within each value of importance.balance_by, as the weights are balanced:
+    clicks score lower than non-clicks under most estimators, and dropping across labels would first
+    remove nearly every click."""
+    column = bench.params["importance"].get("balance_by")
+    groups = pd.factorize(bench.noisy[column])[0] if column else np.zeros(len(scores), dtype=np.int64)
     fractions = [float(f) for f in bench.cfg["removal_fractions"]]
     curve = {"fractions": fractions, "lowest": [], "highest": []}
     for fraction in fractions:
-        k = int(round(fraction * len(scores)))
-        for side, dropped in (("lowest", order[:k]), ("highest", order[len(order) - k:] if k else order[:0])):
-            keep = np.setdiff1d(np.arange(len(scores)), dropped)
-            curve[side].append(bench.test_metrics(bench.train(bench.noisy_x.subset(keep)))[metric])
+        for side, keep in zip(("lowest", "highest"), kept_after_removal(scores, groups, fraction)):
+            curve[side].append(bench.test_metrics(bench.train(bench.noisy_x.subset(np.flatnonzero(keep))))[metric])
     return curve
+
+
+def kept_after_removal(scores: np.ndarray, groups: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows kept when the lowest-scored `fraction` of each group is dropped, rows kept when the highest is)."""
+    rank = pd.Series(scores).groupby(groups).rank(method="first", pct=True).to_numpy()  # ties by row order
+    return rank > fraction, rank <= 1 - fraction
 
 
 def measure(bench: Bench, name: str, reference: dict, epoch_seconds: float) -> dict:

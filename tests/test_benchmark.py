@@ -42,6 +42,17 @@ def test_recovery_is_undefined_when_the_noise_costs_nothing():
     assert bm.recovery(0.70, 0.68, 0.6805, min_gap=0.001) is None
 
 
+def test_removal_drops_the_same_share_of_each_label():
+    from pipeline.benchmark import kept_after_removal
+
+    clicked = np.r_[np.ones(10, int), np.zeros(90, int)]
+    scores = np.r_[np.arange(10) - 100.0, np.arange(90.0)]  # every click scores below every non-click
+    low, high = kept_after_removal(scores, clicked, 0.2)
+    assert (~low[:10]).sum() == 2 and (~low[10:]).sum() == 18  # 20% of each label, not the 20 clicks first
+    assert not low[:2].any() and low[2:10].all() and not low[10:28].any()
+    assert not high[8:10].any() and not high[82:].any() and high[10:82].all()
+
+
 def entry(recovery, cost, kind="estimator", error=None):
     return {"kind": kind, "recovery": recovery, "cost_ratio": cost, "error": error}
 
