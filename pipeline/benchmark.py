@@ -65,6 +65,9 @@ class Bench:
         self.noisy, kind = noise.inject(clean, spec, stage_seed(params, "benchmark:noise"))
         self.kind = kind
         self.is_noise = kind != ""
+        # Rows the log itself marks as noise (the simulator's own bots and stray clicks) are neither
+        # injected noise nor clean: detection is measured without them.
+        self.measured = self.is_noise | ~log_noise(data_dir, self.days, self.noisy["event_id"])
         build = lambda frame: features.build(frame, self.catalog, table, params["ranker"]["max_position"])  # noqa: E731
         self.clean_x, self.noisy_x = build(clean), build(self.noisy)
         self.test = impressions[test].reset_index(drop=True)
@@ -80,10 +83,10 @@ class Bench:
         return DayData(self.noisy, self.catalog, self.noisy_x,
                        holdout_mask(self.noisy, self.params["split"]["holdout_fraction"]))
 
-    def train(self, x, weights=None, epochs: int | None = None):
+    def train(self, x, weights=None, epochs: int | None = None, run: int = 0):
         from pipeline import ranker, training
 
-        seed = stage_seed(self.params, "benchmark:train")
+        seed = stage_seed(self.params, f"benchmark:train:{run}" if run else "benchmark:train")
         cfg = {**self.params["train"], "max_steps": None, "checkpoint_every_steps": 0,
                "early_stopping": {"patience": 0}}
         model = ranker.new_model(x.text_dim, self.params["ranker"], seed, x)
@@ -97,6 +100,12 @@ class Bench:
         predictions = ranker.predict(model, self.test_x, self.device, with_position=True)
         values = self.scorer.score(predictions, self.scorer.ranks(predictions["score"]))
         return {name: values[name] for name in TEST_METRICS}
+
+    def retrained(self, x, weights=None) -> dict:
+        """Test metrics of the ranker trained on x, averaged over benchmark.train_seeds seeds: one seed's
+        test AUC moves by several thousandths, as much as the noise costs."""
+        runs = [self.test_metrics(self.train(x, weights, run=run)) for run in range(int(self.cfg["train_seeds"]))]
+        return {name: round(float(np.mean([r[name] for r in runs])), 6) for name in TEST_METRICS}
 
     def epoch_seconds(self) -> float:
         started = time.perf_counter()
@@ -134,10 +143,23 @@ def scores_of(bench: Bench, name: str) -> tuple[np.ndarray, float, str | None]:
     return checked_scores(bench.noisy["event_id"], table, name)["score"].to_numpy(), seconds, estimator.cost_class
 
 
-def weights_of(bench: Bench, scores: np.ndarray) -> np.ndarray:
+def log_noise(data_dir, days: list[str], event_ids: pd.Series) -> np.ndarray:
+    """Per row, whether the log's own truth files (written by the simulator; absent from real logs) mark
+    it as noise."""
+    from pipeline.contract import DayPaths
+
+    files = [DayPaths(Path(data_dir), day).truth_file for day in days]
+    if not all(f.is_file() for f in files):
+        return np.zeros(len(event_ids), dtype=bool)
+    truth = pd.concat([pd.read_parquet(f, columns=["event_id", "is_noise"]) for f in files])
+    marked = set(truth.loc[truth["is_noise"], "event_id"].astype(str))
+    return event_ids.astype(str).isin(marked).to_numpy()
+
+
+def weights_of(bench: Bench, scores: np.ndarray, overrides: dict | None = None) -> np.ndarray:
     from pipeline.importance.weights import transform
 
-    cfg = {**bench.params["importance"], "cluster_representatives": {}}
+    cfg = {**bench.params["importance"], **(overrides or {}), "cluster_representatives": {}}
     groups = bench.noisy[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
     sessions, _ = pd.factorize(bench.noisy["session_id"])
     return transform(scores, cfg, groups, sessions, None, stage_seed(bench.params, "importance:clusters"))
@@ -147,7 +169,8 @@ def removal_curve(bench: Bench, scores: np.ndarray, metric: str) -> dict:
     """The primary test metric after dropping the lowest-scored (and, as the control, the highest) share
     of rows. The share is taken within each value of importance.balance_by, as the weights are balanced:
     clicks score lower than non-clicks under most estimators, and dropping across labels would first
-    remove nearly every click."""
+    remove nearly every click. One training seed per point: the curves are a diagnostic, the selection
+    rests on the weighted retrains."""
     column = bench.params["importance"].get("balance_by")
     groups = pd.factorize(bench.noisy[column])[0] if column else np.zeros(len(scores), dtype=np.int64)
     fractions = [float(f) for f in bench.cfg["removal_fractions"]]
@@ -164,21 +187,54 @@ def kept_after_removal(scores: np.ndarray, groups: np.ndarray, fraction: float) 
     return rank > fraction, rank <= 1 - fraction
 
 
+def best_transform(bench: Bench, scores: np.ndarray, reference: dict) -> tuple[str, dict, dict]:
+    """(name, test metrics, recovery per transform) of the benchmark.transforms candidate whose weights
+    retrain the best ranker on the primary metric."""
+    from pipeline.benchmark_metrics import recovery
+
+    metric, gap = bench.cfg["metric"], float(bench.cfg["min_recovery_gap"])
+    tested = {name: bench.retrained(bench.noisy_x, weights_of(bench, scores, overrides))
+              for name, overrides in bench.cfg["transforms"].items()}
+    recoveries = {name: recovery(test[metric], reference["unweighted"][metric], reference["clean"][metric], gap)
+                  for name, test in tested.items()}
+    lower_is_better = metric.startswith("logloss")
+    best = (min if lower_is_better else max)(tested, key=lambda name: tested[name][metric])
+    return best, tested[best], recoveries
+
+
 def measure(bench: Bench, name: str, reference: dict, epoch_seconds: float) -> dict:
     from pipeline.benchmark_metrics import auroc_by_kind, detection, recovery
 
     metric = bench.cfg["metric"]
     scores, seconds, cost_class = scores_of(bench, name)
-    found, curves = detection(scores, bench.is_noise, int(bench.cfg["curve_points"]))
+    measured = bench.measured
+    found, curves = detection(scores[measured], bench.is_noise[measured], int(bench.cfg["curve_points"]))
     uniform = name == "uniform"
-    test = reference["unweighted"] if uniform else bench.test_metrics(bench.train(bench.noisy_x, weights_of(bench, scores)))
+    if uniform:
+        transform, test, by_transform = None, reference["unweighted"], None
+    else:
+        transform, test, by_transform = best_transform(bench, scores, reference)
     return {"kind": "baseline" if name in BASELINES else "estimator", "cost_class": cost_class,
             "seconds": round(seconds, 3), "cost_ratio": round(seconds / epoch_seconds, 4),
-            "detection": found, "auroc_by_kind": auroc_by_kind(scores, bench.kind),
-            "curves": None if uniform else curves, "test": test,
+            "detection": found, "auroc_by_kind": auroc_by_kind(scores[measured], bench.kind[measured]),
+            "curves": None if uniform else curves, "transform": transform, "recovery_by_transform": by_transform,
+            "test": test,
             "recovery": recovery(test[metric], reference["unweighted"][metric], reference["clean"][metric],
                                  float(bench.cfg["min_recovery_gap"])),
             "removal": None if uniform else removal_curve(bench, scores, metric), "error": None}
+
+
+def check_transforms(transforms) -> None:
+    from pipeline.selection import TRANSFORM_KEYS
+
+    if not isinstance(transforms, dict) or not transforms:
+        raise ValueError("benchmark.transforms: expected at least one NAME: {knob: value} (an empty one is "
+                         "importance's own transform)")
+    for name, overrides in transforms.items():
+        unknown = set(overrides or {}) - set(TRANSFORM_KEYS)
+        if not isinstance(overrides, dict) or unknown:
+            raise ValueError(f"benchmark.transforms.{name}: unknown knobs {sorted(unknown)}; "
+                             f"known: {', '.join(TRANSFORM_KEYS)}")
 
 
 def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None, estimators_text: str | None,
@@ -188,12 +244,12 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
     from pipeline.selection import transform_of
 
     cfg = params["benchmark"]
+    check_transforms(cfg.get("transforms"))
     spec = noise.parse_spec(noise_text if noise_text is not None else cfg["noise"])
     names = estimator_names(estimators_text if estimators_text is not None else cfg["estimators"])
     bench = Bench(data_dir, days, embeddings_dir, spec, params)
     epoch_seconds = bench.epoch_seconds()
-    reference = {"clean": bench.test_metrics(bench.train(bench.clean_x)),
-                 "unweighted": bench.test_metrics(bench.train(bench.noisy_x))}
+    reference = {"clean": bench.retrained(bench.clean_x), "unweighted": bench.retrained(bench.noisy_x)}
     results = {}
     for name in [*names, *BASELINES]:
         try:
@@ -209,15 +265,21 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
         print(f"benchmark: {name}: " + (done["error"] if done.get("error") else
                                         f"AUROC {done['detection']['auroc']}, test {done['test']}, "
                                         f"recovery {done['recovery']}, cost ratio {done['cost_ratio']}"))
-    rule = {"max_cost_ratio": float(cfg["max_cost_ratio"]), "tie_tolerance": float(cfg["tie_tolerance"])}
-    winner, reason = select(results, rule["max_cost_ratio"], rule["tie_tolerance"])
+    rule = {"max_cost_ratio": float(cfg["max_cost_ratio"]), "tie_tolerance": float(cfg["tie_tolerance"]),
+            "beat_baselines": bool(cfg["beat_baselines"])}
+    winner, reason = select(results, rule["max_cost_ratio"], rule["tie_tolerance"], rule["beat_baselines"])
     transform = transform_of(params)
+    if winner:
+        transform.update(cfg["transforms"][results[winner]["transform"]])
+        reason += f"; weight transform {results[winner]['transform']}"
     kinds = pd.Series(bench.kind[bench.is_noise]).value_counts()
     result = {"log": {"data": str(data_dir), "days": bench.days, **bench.rows},
               "noise": {"spec": spec, "seed": stage_seed(params, "benchmark:noise"),
                         "noisy_rows": int(bench.is_noise.sum()), "share": round(float(bench.is_noise.mean()), 6),
+                        "log_noise_rows_not_measured": int((~bench.measured).sum()),
                         "by_kind": {str(k): int(v) for k, v in kinds.items()}},
               "primary_metric": cfg["metric"], "epoch_seconds": round(epoch_seconds, 3),
+              "train_seeds": int(cfg["train_seeds"]), "transforms": cfg["transforms"],
               "reference": reference, "estimators": results,
               "selection": {"estimator": winner, "transform": transform, "reason": reason, "rule": rule}}
     selection = {"estimator": winner, "transform": transform, "reason": reason,

@@ -74,19 +74,28 @@ def recovery(weighted: float | None, unweighted: float | None, clean: float | No
     return round((weighted - unweighted) / (clean - unweighted), 6)
 
 
-def select(estimators: dict, max_cost_ratio: float, tie_tolerance: float) -> tuple[str | None, str]:
+def select(estimators: dict, max_cost_ratio: float, tie_tolerance: float,
+           beat_baselines: bool = False) -> tuple[str | None, str]:
     """(name, reason): the highest recovery among the estimators whose cost ratio is within budget; an
-    estimator within `tie_tolerance` of the best and cheaper wins the tie."""
+    estimator within `tie_tolerance` of the best and cheaper wins the tie. With `beat_baselines`, only an
+    estimator whose recovery is above every baseline's (uniform weights: 0; random scores, which get the
+    same transform tries) can win: below that, its weights help no more than chance."""
     ran = {name: e for name, e in estimators.items() if e["kind"] == "estimator" and not e.get("error")}
     failed = sorted(name for name, e in estimators.items() if e["kind"] == "estimator" and e.get("error"))
     over = sorted(name for name, e in ran.items() if e["cost_ratio"] is None or e["cost_ratio"] > max_cost_ratio)
     undefined = sorted(name for name, e in ran.items() if name not in over and e["recovery"] is None)
     eligible = {name: e for name, e in ran.items() if name not in over and e["recovery"] is not None}
+    floor = max([e["recovery"] for e in estimators.values() if e["kind"] == "baseline" and not e.get("error")
+                 and e["recovery"] is not None] or [0.0]) if beat_baselines else None
+    below = sorted(name for name, e in eligible.items() if floor is not None and e["recovery"] <= floor)
+    eligible = {name: e for name, e in eligible.items() if name not in below}
     notes = ([f"over the cost budget ({max_cost_ratio:g} epochs): {', '.join(over)}"] if over else []) \
         + ([f"failed: {', '.join(failed)}"] if failed else []) \
-        + ([f"recovery undefined: {', '.join(undefined)}"] if undefined else [])
+        + ([f"recovery undefined: {', '.join(undefined)}"] if undefined else []) \
+        + ([f"recovery not above the baselines' best ({floor:.3f}): {', '.join(below)}"] if below else [])
     if not eligible:
-        why = "no estimator has a recovery within the cost budget"
+        why = "no estimator has a recovery within the cost budget" + \
+            (" above the baselines'" if floor is not None else "")
         return None, why + (f" ({'; '.join(notes)})" if notes else "")
     best = max(e["recovery"] for e in eligible.values())
     tied = [name for name, e in eligible.items() if e["recovery"] >= best - tie_tolerance]

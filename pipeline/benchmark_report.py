@@ -8,9 +8,8 @@ import math
 from html import escape
 from pathlib import Path
 
+from pipeline.benchmark import TEST_METRICS
 from pipeline.html_page import cell, page, table
-
-TEST_METRICS = ("auc_click", "logloss_click", "ndcg_at_10")
 COLOURS = ("#3056d3", "#c2410c", "#15803d", "#7e22ce", "#0e7490", "#b42318", "#a16207", "#be185d")
 GREY, DARK_GREY = "#8a93a3", "#5b6472"
 BASELINE_DASH, CHANCE_DASH, CONTROL_DASH, REFERENCE_DASH = "6 3", "2 3", "5 3", "9 3 2 3"
@@ -122,33 +121,32 @@ def _plotted(result: dict) -> list[tuple[str, dict, str, str | None]]:
     return out
 
 
-def _roc_chart(result: dict) -> str:
+def _detection_chart(result: dict, curve: str, x_key: str, y_key: str, measure: str, chance: dict | None,
+                     title: str, x_label: str, y_label: str) -> str:
+    """One line per estimator of its detection `curve` (roc or pr), labelled with `measure`, plus chance."""
     lines = []
     for name, entry, colour, dash in _plotted(result):
-        roc = (entry.get("curves") or {}).get("roc")
-        if roc:
-            auroc = _number((entry.get("detection") or {}).get("auroc"))
-            label = name + (f" (AUROC {auroc:.3f})" if auroc is not None else "")
-            lines.append({"name": label, "points": list(zip(roc["fpr"], roc["tpr"])), "colour": colour, "dash": dash})
-    lines.append({"name": "chance", "points": [(0.0, 0.0), (1.0, 1.0)], "colour": DARK_GREY, "dash": CHANCE_DASH})
-    return _xy_chart("ROC: noisy rows found", "false positive rate", "true positive rate", lines,
-                     (0.0, 1.0), (0.0, 1.0))
+        points = (entry.get("curves") or {}).get(curve)
+        if points:
+            value = _number((entry.get("detection") or {}).get(measure))
+            label = name + (f" ({measure.upper()} {value:.3f})" if value is not None else "")
+            lines.append({"name": label, "points": list(zip(points[x_key], points[y_key])), "colour": colour,
+                          "dash": dash})
+    if chance:
+        lines.append({**chance, "colour": DARK_GREY, "dash": CHANCE_DASH})
+    return _xy_chart(title, x_label, y_label, lines, (0.0, 1.0), (0.0, 1.0))
+
+
+def _roc_chart(result: dict) -> str:
+    return _detection_chart(result, "roc", "fpr", "tpr", "auroc", {"name": "chance", "points": [(0.0, 0.0), (1.0, 1.0)]},
+                            "ROC: noisy rows found", "false positive rate", "true positive rate")
 
 
 def _pr_chart(result: dict) -> str:
-    lines = []
-    for name, entry, colour, dash in _plotted(result):
-        pr = (entry.get("curves") or {}).get("pr")
-        if pr:
-            auprc = _number((entry.get("detection") or {}).get("auprc"))
-            label = name + (f" (AUPRC {auprc:.3f})" if auprc is not None else "")
-            lines.append({"name": label, "points": list(zip(pr["recall"], pr["precision"])),
-                          "colour": colour, "dash": dash})
     share = _number(result.get("noise", {}).get("share"))
-    if share is not None:
-        lines.append({"name": f"chance (noise share {share:.3g})", "points": [(0.0, share), (1.0, share)],
-                      "colour": DARK_GREY, "dash": CHANCE_DASH})
-    return _xy_chart("Precision-recall: noisy rows found", "recall", "precision", lines, (0.0, 1.0), (0.0, 1.0))
+    chance = None if share is None else {"name": f"chance (noise share {share:.3g})", "points": [(0.0, share), (1.0, share)]}
+    return _detection_chart(result, "pr", "recall", "precision", "auprc", chance,
+                            "Precision-recall: noisy rows found", "recall", "precision")
 
 
 def _removal_chart(result: dict) -> str:
@@ -203,11 +201,16 @@ def _detection_table(result: dict) -> str:
 
 def _retrain_table(result: dict) -> str:
     reference = result.get("reference", {})
-    rows = [[f"<code>{escape(ref)}</code>", "reference"] + [_cell(reference.get(ref, {}).get(m)) for m in TEST_METRICS]
-            + ["—", ""] for ref in ("clean", "unweighted")]
-    rows += [_name_cells(name, e) + [_cell((e.get("test") or {}).get(m)) for m in TEST_METRICS]
-             + [_cell(e.get("recovery")), _error_cell(e)] for name, e in result["estimators"].items()]
-    return table("retrain", ["training log", "kind", *TEST_METRICS, "recovery", "error"], rows)
+    rows = [[f"<code>{escape(ref)}</code>", "reference", ""] + [_cell(reference.get(ref, {}).get(m)) for m in TEST_METRICS]
+            + ["—", "", ""] for ref in ("clean", "unweighted")]
+    rows += [_name_cells(name, e) + [_cell(e.get("transform"))] + [_cell((e.get("test") or {}).get(m)) for m in TEST_METRICS]
+             + [_cell(e.get("recovery")), _by_transform_cell(e), _error_cell(e)] for name, e in result["estimators"].items()]
+    return table("retrain", ["training log", "kind", "weight transform", *TEST_METRICS, "recovery",
+                             "recovery by transform", "error"], rows)
+
+
+def _by_transform_cell(entry: dict) -> str:
+    return escape(", ".join(f"{name} {_cell(value)}" for name, value in (entry.get("recovery_by_transform") or {}).items()))
 
 
 def _cost_table(result: dict) -> str:
@@ -239,7 +242,10 @@ def _log_line(result: dict) -> str:
             f"{_cell(log.get('train_rows'))} train, {_cell(log.get('test_rows'))} test. "
             f"Noise injected: {escape(spec)} (seed {_cell(noise.get('seed'))}); "
             f"{_cell(noise.get('noisy_rows'))} noisy rows"
-            + (f" ({share:.1%})" if share is not None else "") + f" by kind: {escape(by_kind)}.</p>")
+            + (f" ({share:.1%})" if share is not None else "") + f" by kind: {escape(by_kind)}."
+            + (f" {_cell(noise.get('log_noise_rows_not_measured'))} rows the log itself marks as noise are left "
+               "out of detection (neither injected nor clean)." if noise.get("log_noise_rows_not_measured") else "")
+            + "</p>")
 
 
 def _selection_line(result: dict) -> str:
@@ -259,7 +265,9 @@ def render(result: dict) -> str:
             "<h2>Detection</h2><p>How well each estimator's low scores find the injected noisy rows.</p>",
             _detection_table(result),
             "<h2>Retrain on the noisy log</h2><p>Test metrics of the model trained on the clean log, on the "
-            "noisy log unweighted, and on the noisy log weighted by each estimator.</p>",
+            "noisy log unweighted, and on the noisy log weighted by each estimator with its best weight transform "
+            f"(the best on the primary metric), each averaged over {_cell(result.get('train_seeds'))} training "
+            "seeds.</p>",
             _retrain_table(result),
             "<h2>Cost</h2>",
             f"<p>One training epoch took {_cell(epoch)} s.</p>", _cost_table(result),

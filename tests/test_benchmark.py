@@ -9,8 +9,10 @@ import yaml
 
 from conftest import DAY, run, tiny_params
 from pipeline import benchmark_metrics as bm
+from pipeline.selection import TRANSFORM_KEYS
 
 DETECTION = {"auroc", "auprc", "f1_two_means", "recall_at_noise"}
+TRANSFORMS = tiny_params()["benchmark"]["transforms"]
 TEST = {"auc_click", "logloss_click", "ndcg_at_10"}
 
 
@@ -70,12 +72,25 @@ def test_selection_takes_the_best_recovery_within_budget_and_breaks_ties_by_cost
     assert none is None and "recovery undefined: a" in why
 
 
+def test_selection_can_require_beating_the_baselines():
+    estimators = {"helps": entry(0.4, 1.0), "chance": entry(0.1, 0.5), "hurts": entry(-0.3, 0.1),
+                  "random": entry(0.15, 0.0, kind="baseline"), "uniform": entry(0.0, 0.0, kind="baseline")}
+    name, reason = bm.select(estimators, 10, 0.0, beat_baselines=True)
+    assert name == "helps" and "not above the baselines' best (0.150): chance, hurts" in reason
+    del estimators["helps"]
+    assert bm.select(estimators, 10, 0.0)[0] == "chance"  # the rule alone takes the best, however poor
+    none, why = bm.select(estimators, 10, 0.0, beat_baselines=True)
+    assert none is None and "above the baselines'" in why and "chance, hurts" in why
+
+
 @pytest.fixture(scope="module")
 def tiny_log(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     params = tiny_params()
     # Recovery defined however little the noise costs on a tiny log; no tie, so the rule is exact.
-    params["benchmark"].update(removal_fractions=[0.1, 0.3], min_recovery_gap=0.0, tie_tolerance=0.0)
+    # beat_baselines off: on a tiny log every recovery is noise, and the test is about which one wins.
+    params["benchmark"].update(removal_fractions=[0.1, 0.3], min_recovery_gap=0.0, tie_tolerance=0.0, train_seeds=2,
+                               beat_baselines=False)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     run([sys.executable, "-m", "pipeline", "simulate", "--start", DAY, "--days", "1", "--params", "params.yaml",
          "--out", "data/raw"], folder)
@@ -99,7 +114,13 @@ def test_benchmark_command_measures_every_estimator_and_baseline_and_selects_the
         assert isinstance(measured["recovery"], float) and isinstance(measured["cost_ratio"], float)
         if name != "uniform":
             assert len(measured["removal"]["lowest"]) == len(measured["removal"]["highest"]) == 2
+            # Every candidate transform was retrained; the kept one has the best recovery of them.
+            by_transform = measured["recovery_by_transform"]
+            assert set(by_transform) == set(TRANSFORMS) and measured["transform"] in TRANSFORMS
+            assert measured["recovery"] == max(by_transform.values()) == by_transform[measured["transform"]]
     assert result["estimators"]["uniform"]["recovery"] == 0.0
+    # The simulator marks its own bots and stray clicks; they are neither injected noise nor clean.
+    assert result["noise"]["log_noise_rows_not_measured"] > 0
     for name, measured in result["estimators"].items():
         assert set(measured["auroc_by_kind"]) == {"false_click", "bot_sessions"}, name
     assert result["estimators"]["click_model"]["detection"]["auroc"] > 0.6  # bots click off the position curve
@@ -109,7 +130,10 @@ def test_benchmark_command_measures_every_estimator_and_baseline_and_selects_the
     selection = json.loads((tiny_log / "out/selection.json").read_text())
     assert selection["estimator"] == result["selection"]["estimator"] == ranked[0]
     assert selection["reason"].startswith(ranked[0]) and ranked[1] in selection["reason"]
-    assert selection["transform"]["clip"] == tiny_params()["importance"]["clip"]
+    # The selection carries the winner's best transform: params' knobs with that candidate's overrides.
+    expected = {key: tiny_params()["importance"].get(key) for key in TRANSFORM_KEYS}
+    expected.update(TRANSFORMS[result["estimators"][ranked[0]]["transform"]])
+    assert selection["transform"] == result["selection"]["transform"] == expected
     html = (tiny_log / "out/report.html").read_text()
     assert "click_model" in html and "oof_loss" in html and selection["reason"] in html
 
@@ -122,6 +146,13 @@ def test_an_unknown_estimator_fails_before_anything_is_written(tiny_log):
     result = run([sys.executable, "-m", "pipeline", "benchmark", "--data", "data/raw", "--noise", "typo:0.1",
                   "--params", "params.yaml", "--out", "bad"], tiny_log, check=False)
     assert result.returncode != 0 and "typo:0.1" in result.stderr and not (tiny_log / "bad").exists()
+    params = yaml.safe_load((tiny_log / "params.yaml").read_text())
+    params["benchmark"]["transforms"] = {"soft": {"temprature": 3.0}}
+    (tiny_log / "bad_params.yaml").write_text(yaml.safe_dump(params))
+    result = run([sys.executable, "-m", "pipeline", "benchmark", "--data", "data/raw", "--estimators", "click_model",
+                  "--params", "bad_params.yaml", "--out", "bad"], tiny_log, check=False)
+    assert result.returncode != 0 and "benchmark.transforms.soft" in result.stderr and "temprature" in result.stderr
+    assert not (tiny_log / "bad").exists()
 
 
 def test_benchmark_runs_on_a_log_without_the_simulators_extras(tiny_log):
@@ -148,3 +179,4 @@ def test_benchmark_runs_on_a_log_without_the_simulators_extras(tiny_log):
     measured = result["estimators"]["position_ipw"]
     assert measured["error"] is None and measured["detection"]["auroc"] is not None
     assert result["noise"]["by_kind"]["duplicates"] > 0 and result["noise"]["by_kind"]["missed_click"] > 0
+    assert result["noise"]["log_noise_rows_not_measured"] == 0  # no truth files: every row is measured

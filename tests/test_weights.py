@@ -40,6 +40,15 @@ def test_drop_lowest_percent_zeroes_the_tail():
     assert (w[:10] == 0).all() and (w[10:] > 0).all() and w.mean() == pytest.approx(1.0)
 
 
+def test_drop_lowest_percent_drops_the_same_share_of_each_group():
+    # The clicks (group 1) score lower than every non-click: a drop across groups would take only clicks.
+    scores = np.r_[np.arange(100, 200, dtype=float), np.arange(20, dtype=float)]
+    groups = np.r_[np.zeros(100, dtype=int), np.ones(20, dtype=int)]
+    w = transform(scores, {**BASE, "drop_lowest_percent": 10}, groups)
+    assert (w[:10] == 0).all() and (w[10:100] > 0).all()
+    assert (w[100:102] == 0).all() and (w[102:] > 0).all()
+
+
 def test_sessions_with_the_lowest_mean_score_get_zero_weight():
     scores = np.array([5.0, 5.0, 4.0, 4.0, -9.0, -8.0])
     sessions = np.array(["a", "a", "b", "b", "bot", "bot"])

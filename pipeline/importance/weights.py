@@ -75,7 +75,7 @@ def transform(scores: np.ndarray, cfg: dict, groups: np.ndarray | None = None,
               sessions: np.ndarray | None = None, vectors: np.ndarray | None = None,
               seed: int = 0) -> np.ndarray:
     """The weight transform of params (importance section), in order: normalise, temperature and clip
-    (to_weights), zero weight for the lowest `drop_lowest_percent` of scores, for every row of the
+    (to_weights), zero weight for the lowest `drop_lowest_percent` of scores within each group, for every row of the
     sessions whose mean score is in the lowest `drop_sessions_percent`, and for the rows that are not
     among their k-means cluster's best (`cluster_representatives`, on `vectors`), then mean 1 again."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -84,7 +84,10 @@ def transform(scores: np.ndarray, cfg: dict, groups: np.ndarray | None = None,
     weights = to_weights(scaled, cfg["temperature"], tuple(cfg["clip"]), groups)
     drop = float(cfg.get("drop_lowest_percent", 0))
     if drop > 0:
-        weights[pd.Series(scores).rank(method="first", pct=True).to_numpy() <= drop / 100] = 0.0
+        # Within each group, as the weights are balanced: clicks score lower than non-clicks under most
+        # estimators, and a drop across labels would remove clicks first.
+        rank = pd.Series(scores).groupby(groups).rank(method="first", pct=True).to_numpy()
+        weights[rank <= drop / 100] = 0.0
     drop_sessions = float(cfg.get("drop_sessions_percent", 0))
     if drop_sessions > 0 and sessions is not None:
         sessions = pd.Series(np.asarray(sessions))
