@@ -1,12 +1,15 @@
 """k-fold cross-fitting by request, shared by the estimators that score rows with models that never
-saw them (oof_loss, el2n, confident_learning)."""
+saw them (oof_loss, el2n, confident_learning, noise_mixture)."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 import pandas as pd
+import torch
 
+from pipeline import ranker
 from pipeline.importance.registry import Context
 
 
@@ -41,3 +44,24 @@ def cross_fit(ctx: Context, k: int, folds_knob: str, name: str, fold_values: Fol
     if len(data.holdout_index):
         values[data.holdout_index] = holdout_sum / k
     return values
+
+
+def out_of_fold_click_probabilities(ctx: Context, k: int, folds_knob: str, name: str, epochs: int,
+                                    batch_size: int = 8192, calibrated_start: bool = True) -> np.ndarray:
+    """P(click) at the logged position for every row, from fold rankers that never saw it (cross_fit).
+    With `calibrated_start`, each fold model's click intercept starts at its rows' click rate, so an
+    undertrained intercept does not shift every row's probability the same way."""
+    day = ctx.data
+
+    def fold_values(fold, fit_rows, score_rows, holdout_rows):
+        fit_x = day.x.subset(fit_rows)
+        model = ranker.new_model(day.x.text_dim, ctx.params["ranker"], ctx.seed + fold, fit_x)
+        rate = float(fit_x.click.mean())
+        if calibrated_start and 0 < rate < 1:
+            with torch.no_grad():
+                model.click_head.bias.fill_(math.log(rate / (1 - rate)))
+        ranker.fit(model, fit_x, None, ctx.params["train"], ctx.seed + fold, ctx.device, epochs=epochs)
+        return tuple(ranker.predict(model, day.x.subset(rows), ctx.device, with_position=True,
+                                    batch_size=batch_size)["p_click"] for rows in (score_rows, holdout_rows))
+
+    return cross_fit(ctx, k, folds_knob, name, fold_values)

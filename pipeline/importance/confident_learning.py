@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
-from pipeline import ranker
-from pipeline.importance._crossfit import cross_fit
+from pipeline.importance._crossfit import out_of_fold_click_probabilities
 from pipeline.importance.registry import Context, register
-from pipeline.importance.training_dynamics import logit, positive_int, training_labels
+from pipeline.importance.training_dynamics import positive_int, training_labels
 
 
 def check_inputs(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,10 +86,6 @@ def issue_ranked_quality(labels, pred_probs, thresholds=None) -> np.ndarray:
     return np.where(issues, quality - (1.0 + quality.max(initial=0.0)), quality)
 
 
-def click_probs(model: ranker.Ranker, day, rows: np.ndarray, device: str, batch_size: int) -> np.ndarray:
-    return ranker.predict(model, day.x.subset(rows), device, with_position=True, batch_size=batch_size)["p_click"]
-
-
 @register("confident_learning", cost_class="retraining", shardable=True)
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["confident_learning"]
@@ -104,21 +98,9 @@ def score(ctx: Context) -> pd.DataFrame:
     train_clicks = training_labels(day)
     train = day.train_index
 
-    def fold_values(fold, fit_rows, score_rows, holdout_rows):
-        fit_x = day.x.subset(fit_rows)
-        model = ranker.new_model(day.x.text_dim, ctx.params["ranker"], ctx.seed + fold, fit_x)
-        rate = float(fit_x.click.mean())
-        if 0 < rate < 1:
-            # A calibrated start: the thresholds compare probabilities, so an undertrained intercept
-            # would shift every row's confidence the same way.
-            with torch.no_grad():
-                model.click_head.bias.fill_(logit(rate))
-        ranker.fit(model, fit_x, None, ctx.params["train"], ctx.seed + fold, ctx.device, epochs=epochs)
-        return (click_probs(model, day, score_rows, ctx.device, batch_size),
-                click_probs(model, day, holdout_rows, ctx.device, batch_size))
-
-    p_click = cross_fit(ctx, k, "importance.estimators.confident_learning.folds", "confident_learning",
-                        fold_values)
+    # A calibrated start: the thresholds compare probabilities.
+    p_click = out_of_fold_click_probabilities(ctx, k, "importance.estimators.confident_learning.folds",
+                                              "confident_learning", epochs, batch_size)
 
     labels = day.x.click.numpy().astype(np.int64)
     pred_probs = np.column_stack([1.0 - p_click, p_click])

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline import ranker
-from pipeline.importance._crossfit import cross_fit
+from pipeline.importance._crossfit import out_of_fold_click_probabilities
 from pipeline.importance.registry import Context, register
 
 
@@ -96,15 +95,8 @@ def score(ctx: Context) -> pd.DataFrame:
     if k < 2:
         raise ValueError(f"importance.estimators.noise_mixture.folds must be at least 2, got {k}")
     day = ctx.data
-
-    def fold_values(fold, fit_rows, score_rows, holdout_rows):
-        fit_x = day.x.subset(fit_rows)
-        model = ranker.new_model(day.x.text_dim, ctx.params["ranker"], ctx.seed + fold, fit_x)
-        ranker.fit(model, fit_x, None, ctx.params["train"], ctx.seed + fold, ctx.device, epochs=int(cfg["epochs"]))
-        return tuple(ranker.predict(model, day.x.subset(rows), ctx.device, with_position=True)["p_click"]
-                     for rows in (score_rows, holdout_rows))
-
-    p_human = cross_fit(ctx, k, "importance.estimators.noise_mixture.folds", "noise_mixture", fold_values)
+    p_human = out_of_fold_click_probabilities(ctx, k, "importance.estimators.noise_mixture.folds", "noise_mixture",
+                                              int(cfg["epochs"]), calibrated_start=bool(cfg["calibrated_start"]))
     click = day.impressions["clicked"].to_numpy().astype(np.float64)
     session = day.impressions["session_id"].to_numpy()
     log_ctr = float(click.mean())
