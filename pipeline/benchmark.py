@@ -44,27 +44,23 @@ class Bench:
     and scored."""
 
     def __init__(self, data_dir, days, embeddings_dir, spec: dict, params: dict):
-        from pipeline import embeddings, features, noise
+        from pipeline import features, noise
         from pipeline.compute import setup
-        from pipeline.dataset import days_in, embed_with_base, read_log, uses_extra_features
+        from pipeline.dataset import days_in, read_log, text_embeddings, uses_extra_features
         from pipeline.evaluate import Scorer
 
         self.params, self.cfg = params, params["benchmark"]
         self.device = setup(params, stage_seed(params, "benchmark"))
         impressions, self.catalog = read_log(data_dir, days, uses_extra_features(params))
         self.days = list(days or days_in(data_dir))
-        if embeddings_dir is not None:
-            table = embeddings.load(embeddings_dir)
-        else:
-            table = embed_with_base(sorted(set(self.catalog["title"].dropna()) | set(impressions["query"].dropna())),
-                                    params)
+        table = text_embeddings(impressions, self.catalog, embeddings_dir, params)
         test = features.holdout_mask(impressions, params["split"]["holdout_fraction"])
         if not test.any() or test.all():
             raise ValueError(f"{data_dir}: split.holdout_fraction leaves no test slice or no training rows")
         clean = impressions[~test].reset_index(drop=True)
-        self.noisy, kind = noise.inject(clean, spec, stage_seed(params, "benchmark:noise"))
-        self.kind = kind
-        self.is_noise = kind != ""
+        self.noisy, self.kind = noise.inject(clean, spec, stage_seed(params, "benchmark:noise"))
+        # The estimators' own time split of the noisy rows (DayData's holdout).
+        self.noisy_holdout = features.holdout_mask(self.noisy, params["split"]["holdout_fraction"])
         # Rows the log itself marks as noise (the simulator's own bots and stray clicks) are neither
         # injected noise nor clean: detection is measured without them.
         self.measured = self.is_noise | ~log_noise(data_dir, self.days, self.noisy["event_id"])
@@ -75,13 +71,15 @@ class Bench:
         self.scorer = Scorer(self.test, params["evaluate"])
         self.rows = {"rows": int(len(impressions)), "train_rows": int(len(clean)), "test_rows": int(len(self.test))}
 
+    @property
+    def is_noise(self) -> np.ndarray:
+        return self.kind != ""
+
     def data(self):
         """The noisy training rows as an estimator sees them (with their own time split)."""
         from pipeline.dataset import DayData
-        from pipeline.features import holdout_mask
 
-        return DayData(self.noisy, self.catalog, self.noisy_x,
-                       holdout_mask(self.noisy, self.params["split"]["holdout_fraction"]))
+        return DayData(self.noisy, self.catalog, self.noisy_x, self.noisy_holdout)
 
     def train(self, x, weights=None, epochs: int | None = None, run: int = 0):
         from pipeline import ranker, training
@@ -157,12 +155,10 @@ def log_noise(data_dir, days: list[str], event_ids: pd.Series) -> np.ndarray:
 
 
 def weights_of(bench: Bench, scores: np.ndarray, overrides: dict | None = None) -> np.ndarray:
-    from pipeline.importance.weights import transform
+    from pipeline.importance.weights import log_weights
 
     cfg = {**bench.params["importance"], **(overrides or {}), "cluster_representatives": {}}
-    groups = bench.noisy[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
-    sessions, _ = pd.factorize(bench.noisy["session_id"])
-    return transform(scores, cfg, groups, sessions, None, stage_seed(bench.params, "importance:clusters"))
+    return log_weights(bench.noisy, scores, cfg, None, stage_seed(bench.params, "importance:clusters"))
 
 
 def removal_curve(bench: Bench, scores: np.ndarray, metric: str) -> dict:

@@ -76,13 +76,17 @@ def load_log(data_dir: str | Path, days: list[str] | None, embeddings_dir: str |
     Without `embeddings_dir` the texts are embedded with the base encoder named in params.
     """
     impressions, catalog = read_log(data_dir, days, uses_extra_features(params))
-    if embeddings_dir is not None:
-        table = embeddings.load(embeddings_dir)
-    else:
-        texts = sorted(set(catalog["title"].dropna()) | set(impressions["query"].dropna()))
-        table = embed_with_base(texts, params)
+    table = text_embeddings(impressions, catalog, embeddings_dir, params)
     x = features.build(impressions, catalog, table, params["ranker"]["max_position"])
     return DayData(impressions, catalog, x, features.holdout_mask(impressions, params["split"]["holdout_fraction"]))
+
+
+def text_embeddings(impressions: pd.DataFrame, catalog: pd.DataFrame, embeddings_dir: str | Path | None,
+                    params: dict):
+    """The embeddings folder's table, or the log's titles and queries embedded with the base encoder."""
+    if embeddings_dir is not None:
+        return embeddings.load(embeddings_dir)
+    return embed_with_base(sorted(set(catalog["title"].dropna()) | set(impressions["query"].dropna())), params)
 
 
 def load_day(data_dir: str | Path, day: str, embeddings_dir: str | Path, params: dict) -> DayData:

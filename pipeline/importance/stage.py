@@ -114,7 +114,7 @@ def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path
     """Score and weight the log; with `shard`, write that shard's raw scores only; with `combine`, weight
     the scores of every shard (read from those folders) instead of scoring."""
     from pipeline.importance import registry
-    from pipeline.importance.weights import transform
+    from pipeline.importance.weights import log_weights
 
     cfg = params["importance"]
     estimator = registry.get(estimator_name or cfg["estimator"])
@@ -143,10 +143,8 @@ def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path
         with atomic_dir(out) as tmp:
             write_shard(tmp, table, estimator.name, shard, len(impressions))
         return table
-    groups = impressions[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
-    sessions, _ = pd.factorize(impressions["session_id"])  # integer codes: no Python string per row
-    table["weight"] = transform(table["score"].to_numpy(), cfg, groups, sessions,
-                                vectors, stage_seed(params, "importance:clusters"))
+    table["weight"] = log_weights(impressions, table["score"].to_numpy(), cfg, vectors,
+                                  stage_seed(params, "importance:clusters"))
     table["split"] = np.where(holdout, "holdout", "train")
     metrics = summarise(table, estimator.name, estimator.cost_class)
     if out.suffix == ".parquet":

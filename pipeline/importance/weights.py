@@ -102,3 +102,11 @@ def transform(scores: np.ndarray, cfg: dict, groups: np.ndarray | None = None,
         raise ValueError("the weight transform gave every row weight 0; lower drop_lowest_percent or "
                          "drop_sessions_percent")
     return weights / weights.mean()
+
+
+def log_weights(impressions: pd.DataFrame, scores: np.ndarray, cfg: dict, vectors: np.ndarray | None = None,
+                seed: int = 0) -> np.ndarray:
+    """`transform` for a log's rows: grouped by cfg's balance_by column, sessions from session_id."""
+    groups = impressions[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
+    sessions, _ = pd.factorize(impressions["session_id"])  # integer codes: no Python string per row
+    return transform(scores, cfg, groups, sessions, vectors, seed)
