@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.importance._crossfit import out_of_fold_click_probabilities
+from pipeline.importance.click_model import impression_log_likelihood
 from pipeline.importance.registry import Context, register
 
 
@@ -30,10 +31,6 @@ class Mixture:
     bot_shares: np.ndarray       # (components,) share of sessions of each bot component
     bot_click_rates: np.ndarray  # (components,) each component's click rate
     iterations: int
-
-
-def _log_bernoulli(p, click) -> np.ndarray:
-    return np.where(click > 0, np.log(p), np.log1p(-p))
 
 
 def fit_mixture(p_human, click, session, bot_click_rates, *, bot_share: float, iterations: int, tol: float,
@@ -56,7 +53,7 @@ def fit_mixture(p_human, click, session, bot_click_rates, *, bot_share: float, i
     n_sessions = int(codes.max()) + 1
     clicks_of = np.bincount(codes, weights=click, minlength=n_sessions)
     rows_of = np.bincount(codes, minlength=n_sessions).astype(np.float64)
-    human = np.bincount(codes, weights=_log_bernoulli(p_human, click), minlength=n_sessions)
+    human = np.bincount(codes, weights=impression_log_likelihood(p_human, click), minlength=n_sessions)
     shares = np.full(len(rates), float(bot_share))
     previous = -np.inf
     for iteration in range(1, iterations + 1):
