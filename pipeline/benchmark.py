@@ -87,7 +87,7 @@ class Bench:
         seed = stage_seed(self.params, f"benchmark:train:{run}" if run else "benchmark:train")
         cfg = {**self.params["train"], "max_steps": None, "checkpoint_every_steps": 0,
                "early_stopping": {"patience": 0}}
-        model = ranker.new_model(x.text_dim, self.params["ranker"], seed, x)
+        model = ranker.new_model(x.text_dim, self.params["ranker"], seed, x, weights=weights)
         training.fit(model, x, weights, cfg, seed, self.device, epochs or int(self.cfg["train_epochs"]),
                      loss_fn=ranker.per_sample_loss)
         return model

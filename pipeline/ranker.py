@@ -127,8 +127,9 @@ def per_sample_loss(model: Ranker, x: Features) -> torch.Tensor:
 
 
 def new_model(text_dim: int, cfg: dict, seed: int, data: Features | None = None,
-              tower: TextTower | None = None) -> Ranker:
-    """A fresh ranker. With `data`: the position biases start from the logged click rate by position, the
+              tower: TextTower | None = None, weights=None) -> Ranker:
+    """A fresh ranker. With `data`: the position biases start from the logged click rate by position
+    (weighted by the retrain's `weights`, so that rows weighted 0 do not shape the start), the
     f_* features that ranker.extra_features names are taken from it, with their mean and spread. With
     `tower` (the encoder's top layers, text_tower.TextTower.from_encoder), those layers are tuned too."""
     torch.manual_seed(seed)
@@ -152,9 +153,10 @@ def new_model(text_dim: int, cfg: dict, seed: int, data: Features | None = None,
     if tower is not None:
         model.text_tower.load_state_dict(tower.state_dict())
     if data is not None and len(data):
-        model.position_bias.weight.data[:, 0] = position_log_odds(data, cfg["max_position"])
+        w = torch.ones(len(data)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        model.position_bias.weight.data[:, 0] = position_log_odds(data, cfg["max_position"], w)
         # Start at the log's click rate, not 0.5: early epochs then learn items, not the intercept.
-        rate = data.click.float().mean().clamp(1e-4, 1 - 1e-4)
+        rate = ((data.click.float() * w).sum() / w.sum().clamp(min=1e-8)).clamp(1e-4, 1 - 1e-4)
         model.click_head.bias.data.fill_(float(torch.logit(rate)))
         if numeric:
             values = data.numeric_columns(numeric).double()
@@ -183,11 +185,11 @@ def extra_features(cfg: dict, data: Features | None) -> tuple[tuple, tuple]:
     return (tuple(n for n in wanted if n in numeric), tuple(n for n in wanted if n in categorical))
 
 
-def position_log_odds(x: Features, max_position: int, prior_rows: float = 20.0) -> torch.Tensor:
+def position_log_odds(x: Features, max_position: int, weights: torch.Tensor, prior_rows: float = 20.0) -> torch.Tensor:
     """Log-odds of the click rate at each position minus the overall one, shrunk toward 0 for
     positions with few rows. A few epochs cannot learn the bias from zero; this start can."""
-    counts = torch.bincount(x.position, minlength=max_position + 1).float()
-    clicks = torch.bincount(x.position, weights=x.click, minlength=max_position + 1).float()
+    counts = torch.bincount(x.position, weights=weights, minlength=max_position + 1).float()
+    clicks = torch.bincount(x.position, weights=x.click.float() * weights, minlength=max_position + 1).float()
     overall = clicks.sum() / counts.sum().clamp(min=1)
     rate = (clicks + prior_rows * overall) / (counts + prior_rows)
     return torch.logit(rate.clamp(1e-4, 1 - 1e-4)) - torch.logit(overall.clamp(1e-4, 1 - 1e-4))

@@ -102,7 +102,7 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
                                                        layers, params, device)
         tower = text_tower.TextTower.from_encoder(encoder, layers)
     train_x = data.x.subset(rows)  # after the tower's states are attached: the subset carries them
-    model = ranker.new_model(data.x.text_dim, params["ranker"], seed, train_x, tower=tower)
+    model = ranker.new_model(data.x.text_dim, params["ranker"], seed, train_x, tower=tower, weights=weights)
     validation = (data.x.subset(validation_rows), all_weights[validation_mask]) if len(validation_rows) else None
     leader = int(os.environ.get("RANK", 0)) == 0
     started = time.perf_counter()

@@ -159,3 +159,19 @@ def test_a_model_saved_without_id_embeddings_still_loads(tmp_path):
     x = synthetic(20)
     assert np.array_equal(ranker.predict(ranker.load(tmp_path), x, "cpu", True)["score"],
                           ranker.predict(model, x, "cpu", True)["score"])
+
+
+def test_weighted_start_is_the_start_on_the_rows_that_count():
+    """The position biases and the click intercept start from the weighted log: rows at weight 0 (say,
+    bot sessions clicking everywhere) must not flatten the starting position curve of a weighted retrain."""
+    g = torch.Generator().manual_seed(4)
+    x = synthetic(3000)
+    x.click = torch.bernoulli(1.0 / (1.0 + x.position.float()), generator=g)
+    bots = torch.rand(len(x), generator=g) < 0.3
+    x.click[bots] = 1.0  # noise at every position
+    kept = ranker.new_model(6, CFG, seed=1, data=x.subset(torch.nonzero(~bots).squeeze(1)))
+    weighted = ranker.new_model(6, CFG, seed=1, data=x, weights=(~bots).numpy().astype(float))
+    unweighted = ranker.new_model(6, CFG, seed=1, data=x)
+    for name in ("position_bias.weight", "click_head.bias"):
+        assert torch.allclose(weighted.state_dict()[name], kept.state_dict()[name], atol=1e-5), name
+        assert not torch.allclose(unweighted.state_dict()[name], kept.state_dict()[name], atol=1e-2), name
