@@ -99,11 +99,13 @@ class Bench:
         values = self.scorer.score(predictions, self.scorer.ranks(predictions["score"]))
         return {name: values[name] for name in TEST_METRICS}
 
-    def retrained(self, x, weights=None) -> dict:
-        """Test metrics of the ranker trained on x, averaged over benchmark.train_seeds seeds: one seed's
-        test AUC moves by several thousandths, as much as the noise costs."""
+    def retrained(self, x, weights=None) -> tuple[dict, list[float]]:
+        """(test metrics of the ranker trained on x, averaged over benchmark.train_seeds seeds; the
+        primary metric of each seed). One seed's test AUC moves by several thousandths, as much as the
+        noise costs; run k of every retrain shares its seed, so the seeds pair up across weightings."""
         runs = [self.test_metrics(self.train(x, weights, run=run)) for run in range(int(self.cfg["train_seeds"]))]
-        return {name: round(float(np.mean([r[name] for r in runs])), 6) for name in TEST_METRICS}
+        means = {name: round(float(np.mean([r[name] for r in runs])), 6) for name in TEST_METRICS}
+        return means, [round(float(r[self.cfg["metric"]]), 6) for r in runs]
 
     def epoch_seconds(self) -> float:
         started = time.perf_counter()
@@ -183,41 +185,49 @@ def kept_after_removal(scores: np.ndarray, groups: np.ndarray, fraction: float) 
     return rank > fraction, rank <= 1 - fraction
 
 
-def best_transform(bench: Bench, scores: np.ndarray, reference: dict) -> tuple[str, dict, dict]:
-    """(name, test metrics, recovery per transform) of the benchmark.transforms candidate whose weights
-    retrain the best ranker on the primary metric."""
-    from pipeline.benchmark_metrics import recovery
+def retrain_result(bench: Bench, retrained: tuple[dict, list[float]], reference: dict) -> dict:
+    """A weighted retrain's test metrics, per-seed primary metric, recovery and its standard error."""
+    from pipeline.benchmark_metrics import recovery, recovery_standard_error
 
     metric, gap = bench.cfg["metric"], float(bench.cfg["min_recovery_gap"])
-    tested = {name: bench.retrained(bench.noisy_x, weights_of(bench, scores, overrides))
+    test, runs = retrained
+    unweighted, clean = reference["unweighted"], reference["clean"]
+    return {"test": test, "test_runs": runs,
+            "recovery": recovery(test[metric], unweighted["test"][metric], clean["test"][metric], gap),
+            "recovery_se": recovery_standard_error(runs, unweighted["test_runs"], clean["test_runs"], gap)}
+
+
+def best_transform(bench: Bench, scores: np.ndarray, reference: dict) -> tuple[str, dict, dict]:
+    """(name, retrain_result, recovery per transform) of the benchmark.transforms candidate whose
+    weights retrain the best ranker on the primary metric."""
+    metric = bench.cfg["metric"]
+    tested = {name: retrain_result(bench, bench.retrained(bench.noisy_x, weights_of(bench, scores, overrides)),
+                                   reference)
               for name, overrides in bench.cfg["transforms"].items()}
-    recoveries = {name: recovery(test[metric], reference["unweighted"][metric], reference["clean"][metric], gap)
-                  for name, test in tested.items()}
     lower_is_better = metric.startswith("logloss")
-    best = (min if lower_is_better else max)(tested, key=lambda name: tested[name][metric])
-    return best, tested[best], recoveries
+    best = (min if lower_is_better else max)(tested, key=lambda name: tested[name]["test"][metric])
+    return best, tested[best], {name: result["recovery"] for name, result in tested.items()}
 
 
 def measure(bench: Bench, name: str, reference: dict, epoch_seconds: float) -> dict:
-    from pipeline.benchmark_metrics import auroc_by_kind, detection, recovery
+    from pipeline.benchmark_metrics import auroc_by_kind, detection
 
-    metric = bench.cfg["metric"]
     scores, seconds, cost_class = scores_of(bench, name)
     measured = bench.measured
     found, curves = detection(scores[measured], bench.is_noise[measured], int(bench.cfg["curve_points"]))
     uniform = name == "uniform"
     if uniform:
-        transform, test, by_transform = None, reference["unweighted"], None
+        unweighted = reference["unweighted"]
+        transform, by_transform = None, None
+        retrain = retrain_result(bench, (unweighted["test"], unweighted["test_runs"]), reference)
     else:
-        transform, test, by_transform = best_transform(bench, scores, reference)
+        transform, retrain, by_transform = best_transform(bench, scores, reference)
     return {"kind": "baseline" if name in BASELINES else "estimator", "cost_class": cost_class,
             "seconds": round(seconds, 3), "cost_ratio": round(seconds / epoch_seconds, 4),
             "detection": found, "auroc_by_kind": auroc_by_kind(scores[measured], bench.kind[measured]),
             "curves": None if uniform else curves, "transform": transform, "recovery_by_transform": by_transform,
-            "test": test,
-            "recovery": recovery(test[metric], reference["unweighted"][metric], reference["clean"][metric],
-                                 float(bench.cfg["min_recovery_gap"])),
-            "removal": None if uniform else removal_curve(bench, scores, metric), "error": None}
+            **retrain, "removal": None if uniform else removal_curve(bench, scores, bench.cfg["metric"]),
+            "error": None}
 
 
 def check_transforms(transforms) -> None:
@@ -245,7 +255,8 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
     names = estimator_names(estimators_text if estimators_text is not None else cfg["estimators"])
     bench = Bench(data_dir, days, embeddings_dir, spec, params)
     epoch_seconds = bench.epoch_seconds()
-    reference = {"clean": bench.retrained(bench.clean_x), "unweighted": bench.retrained(bench.noisy_x)}
+    reference = {name: dict(zip(("test", "test_runs"), bench.retrained(x)))
+                 for name, x in (("clean", bench.clean_x), ("unweighted", bench.noisy_x))}
     results = {}
     for name in [*names, *BASELINES]:
         try:
@@ -276,7 +287,8 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
                         "by_kind": {str(k): int(v) for k, v in kinds.items()}},
               "primary_metric": cfg["metric"], "epoch_seconds": round(epoch_seconds, 3),
               "train_seeds": int(cfg["train_seeds"]), "transforms": cfg["transforms"],
-              "reference": reference, "estimators": results,
+              "reference": {name: r["test"] for name, r in reference.items()},
+              "reference_runs": {name: r["test_runs"] for name, r in reference.items()}, "estimators": results,
               "selection": {"estimator": winner, "transform": transform, "reason": reason, "rule": rule}}
     selection = {"estimator": winner, "transform": transform, "reason": reason,
                  "benchmark": {"data": str(data_dir), "days": bench.days, "noise": spec}}

@@ -74,6 +74,20 @@ def recovery(weighted: float | None, unweighted: float | None, clean: float | No
     return round((weighted - unweighted) / (clean - unweighted), 6)
 
 
+def recovery_standard_error(weighted: list[float], unweighted: list[float], clean: list[float],
+                            min_gap: float) -> float | None:
+    """Standard error of the recovery from per-seed test metrics, paired by seed (each seed's weighted,
+    unweighted and clean retrains share their initialisation and batch order). The delta method on the
+    ratio of mean differences; None with fewer than two seeds or an undefined recovery."""
+    w, u, c = (np.asarray(v, dtype=np.float64) for v in (weighted, unweighted, clean))
+    gap = float((c - u).mean()) if len(u) else 0.0
+    if not len(w) == len(u) == len(c) >= 2 or abs(gap) < min_gap:
+        return None
+    ratio = float((w - u).mean()) / gap
+    residual = (w - u) - ratio * (c - u)
+    return round(float(residual.std(ddof=1) / np.sqrt(len(w)) / abs(gap)), 6)
+
+
 def select(estimators: dict, max_cost_ratio: float, tie_tolerance: float,
            beat_baselines: bool = False) -> tuple[str | None, str]:
     """(name, reason): the highest recovery among the estimators whose cost ratio is within budget; an
@@ -101,7 +115,8 @@ def select(estimators: dict, max_cost_ratio: float, tie_tolerance: float,
     tied = [name for name, e in eligible.items() if e["recovery"] >= best - tie_tolerance]
     winner = min(tied, key=lambda name: (eligible[name]["cost_ratio"], name))
     e = eligible[winner]
-    reason = (f"{winner}: recovery {e['recovery']:.3f} at cost ratio {e['cost_ratio']:.2f}, "
+    se = f" ± {e['recovery_se']:.3f}" if e.get("recovery_se") is not None else ""
+    reason = (f"{winner}: recovery {e['recovery']:.3f}{se} at cost ratio {e['cost_ratio']:.2f}, "
               f"the highest among {len(eligible)} estimators within the cost budget ({max_cost_ratio:g} epochs)")
     if len(tied) > 1:
         others = ", ".join(f"{name} {eligible[name]['recovery']:.3f} at {eligible[name]['cost_ratio']:.2f}"

@@ -202,10 +202,12 @@ def _detection_table(result: dict) -> str:
 def _retrain_table(result: dict) -> str:
     reference = result.get("reference", {})
     rows = [[f"<code>{escape(ref)}</code>", "reference", ""] + [_cell(reference.get(ref, {}).get(m)) for m in TEST_METRICS]
-            + ["—", "", ""] for ref in ("clean", "unweighted")]
+            + ["—", "", "", ""] for ref in ("clean", "unweighted")]
     rows += [_name_cells(name, e) + [_cell(e.get("transform"))] + [_cell((e.get("test") or {}).get(m)) for m in TEST_METRICS]
-             + [_cell(e.get("recovery")), _by_transform_cell(e), _error_cell(e)] for name, e in result["estimators"].items()]
+             + [_cell(e.get("recovery")), _cell(e.get("recovery_se")), _by_transform_cell(e), _error_cell(e)]
+             for name, e in result["estimators"].items()]
     return table("retrain", ["training log", "kind", "weight transform", *TEST_METRICS, "recovery",
+                             f"± standard error ({escape(str(result.get('train_seeds', '?')))} paired seeds)",
                              "recovery by transform", "error"], rows)
 
 

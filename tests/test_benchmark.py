@@ -44,6 +44,33 @@ def test_recovery_is_undefined_when_the_noise_costs_nothing():
     assert bm.recovery(0.70, 0.68, 0.6805, min_gap=0.001) is None
 
 
+def test_recovery_standard_error_matches_the_spread_of_recoveries_over_seed_draws():
+    rng = np.random.default_rng(0)
+    seeds, true_recovery, gap = 10, 0.5, 0.007
+
+    def draw():
+        shared = rng.normal(0.72, 0.0025, seeds)  # what one seed does to every retrain alike
+        unweighted = shared + rng.normal(0, 0.001, seeds)
+        clean = shared + gap + rng.normal(0, 0.001, seeds)
+        weighted = shared + true_recovery * gap + rng.normal(0, 0.002, seeds)
+        return weighted, unweighted, clean
+
+    draws = [draw() for _ in range(2000)]
+    recoveries = [bm.recovery(w.mean(), u.mean(), c.mean(), 0.0) for w, u, c in draws]
+    errors = [bm.recovery_standard_error(w, u, c, 0.0) for w, u, c in draws]
+    assert abs(np.mean(recoveries) - true_recovery) < 0.02
+    # The per-seed pairing removes the shared seed effect: the spread is that of the unshared parts.
+    assert np.median(errors) == pytest.approx(np.std(recoveries), rel=0.2)
+    assert np.std(recoveries) < 0.0025 / gap / np.sqrt(seeds)  # well below an unpaired error
+
+
+def test_recovery_standard_error_is_none_without_two_seeds_or_a_gap():
+    assert bm.recovery_standard_error([0.70], [0.68], [0.72], 0.001) is None
+    assert bm.recovery_standard_error([0.70, 0.71], [0.68, 0.69], [0.6805, 0.6905], 0.001) is None
+    # A weighted retrain exactly halfway on every seed has no uncertainty.
+    assert bm.recovery_standard_error([0.70, 0.72], [0.68, 0.70], [0.72, 0.74], 0.001) == 0.0
+
+
 def test_removal_drops_the_same_share_of_each_label():
     from pipeline.benchmark import kept_after_removal
 
@@ -105,13 +132,16 @@ def test_benchmark_command_measures_every_estimator_and_baseline_and_selects_the
     assert set(result["estimators"]) == {"click_model", "oof_loss", "uniform", "random"}
     assert result["noise"]["noisy_rows"] == sum(result["noise"]["by_kind"].values()) > 0
     assert set(result["noise"]["by_kind"]) == {"false_click", "bot_sessions"}
-    assert set(result["reference"]) == {"clean", "unweighted"}
+    assert set(result["reference"]) == set(result["reference_runs"]) == {"clean", "unweighted"}
+    assert all(len(runs) == 2 for runs in result["reference_runs"].values())  # benchmark.train_seeds
     for name, measured in result["estimators"].items():
         assert measured["error"] is None, name
         assert set(measured["detection"]) == DETECTION and set(measured["test"]) == TEST
         assert all(isinstance(v, float) for v in measured["detection"].values()), name
         assert all(isinstance(v, float) for v in measured["test"].values()), name
         assert isinstance(measured["recovery"], float) and isinstance(measured["cost_ratio"], float)
+        assert isinstance(measured["recovery_se"], float) and len(measured["test_runs"]) == 2, name
+        assert np.mean(measured["test_runs"]) == pytest.approx(measured["test"]["auc_click"], abs=1e-6), name
         if name != "uniform":
             assert len(measured["removal"]["lowest"]) == len(measured["removal"]["highest"]) == 2
             # Every candidate transform was retrained; the kept one has the best recovery of them.

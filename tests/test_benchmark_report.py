@@ -28,7 +28,7 @@ def entry(kind, cost_class, seconds, strength, auc, recovery, removal=True) -> d
                           "f1_two_means": 0.55, "recall_at_noise": 0.58},
             "curves": curves(strength),
             "test": {"auc_click": auc, "logloss_click": 0.305, "ndcg_at_10": 0.40},
-            "recovery": recovery,
+            "recovery": recovery, "recovery_se": 0.0427,
             "removal": {"fractions": fractions, "lowest": [auc + 0.002 * i for i in range(5)],
                         "highest": [auc - 0.01 * i for i in range(4)] + [None]} if removal else None,
             "error": None}
@@ -76,6 +76,7 @@ def test_report_has_tables_selection_error_and_charts(tmp_path):
             assert f"<code>{name}</code>" in rows, (table_id, name)
         assert rows.count("<span class='skipped'>baseline</span>") == 2
     assert "<code>clean</code>" in section(html, "retrain") and "<code>unweighted</code>" in section(html, "retrain")
+    assert section(html, "retrain").count("0.0427") == 3          # each recovery's standard error beside it
     # order of the page: log line, selection, detection, retrain, cost, charts
     marks = ["id='log'", "id='selection'", 'id="detection"', 'id="retrain"', 'id="cost"', "id='charts'"]
     assert [html.index(m) for m in marks] == sorted(html.index(m) for m in marks)
