@@ -1,6 +1,8 @@
 """Every registered importance estimator on a small simulated log with noise: one finite score per
 event, noisy rows scored lower than clean ones, weights finite, non-negative, mean 1; bad input fails
 with a clear message."""
+import copy
+import re
 import subprocess
 import sys
 
@@ -155,3 +157,17 @@ def test_bad_logs_fail_with_a_clear_message(noisy_log, tmp_path, edit, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "s.parquet").exists()
+
+
+@pytest.mark.parametrize("name, knob", [("oof_loss", "importance.folds"),
+                                        ("noise_mixture", "importance.estimators.noise_mixture.folds"),
+                                        ("confident_learning", "importance.estimators.confident_learning.folds"),
+                                        ("el2n", "importance.estimators.el2n.folds")])
+def test_cross_fitting_with_fewer_than_two_folds_is_refused_by_its_knob(name, knob, context):
+    from dataclasses import replace
+
+    params = copy.deepcopy(context.params)
+    section = params["importance"] if name == "oof_loss" else params["importance"]["estimators"][name]
+    section["folds"] = 1
+    with pytest.raises(ValueError, match=f"{re.escape(knob)} must be at least 2, got 1"):
+        registry.get(name).score(replace(context, params=params))

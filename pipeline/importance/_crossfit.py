@@ -27,6 +27,8 @@ FoldValues = Callable[[int, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarra
 def cross_fit(ctx: Context, k: int, folds_knob: str, name: str, fold_values: FoldValues) -> np.ndarray:
     """One value per row: training rows from the fold model that did not see them, held-out rows the
     mean over all fold models (every one of them is out-of-sample there)."""
+    if k < 2:
+        raise ValueError(f"{folds_knob} must be at least 2, got {k}")
     data = ctx.data
     train = data.train_index
     requests = data.impressions["request_id"].iloc[train]

@@ -90,8 +90,6 @@ def issue_ranked_quality(labels, pred_probs, thresholds=None) -> np.ndarray:
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["confident_learning"]
     k = int(cfg["folds"])
-    if k < 2:
-        raise ValueError(f"importance.estimators.confident_learning.folds must be at least 2, got {k}")
     epochs = positive_int(cfg, "epochs", "confident_learning")
     batch_size = positive_int(cfg, "batch_size", "confident_learning")
     day = ctx.data

@@ -41,8 +41,6 @@ def el2n_targets(cfg: dict) -> list[str]:
 def score(ctx: Context) -> pd.DataFrame:
     cfg = knobs(ctx, NAME)
     k = positive_int(cfg, "folds", NAME)
-    if k < 2:
-        raise ValueError(f"importance.estimators.{NAME}.folds must be at least 2, got {k}")
     epochs = checkpoint_epochs(cfg, NAME)
     targets = el2n_targets(cfg)
     batch_size = positive_int(cfg, "batch_size", NAME)

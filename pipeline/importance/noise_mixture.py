@@ -89,8 +89,6 @@ def clean_log_probability(p_human, click, session, mixture: Mixture, accidental_
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["noise_mixture"]
     k = int(cfg["folds"])
-    if k < 2:
-        raise ValueError(f"importance.estimators.noise_mixture.folds must be at least 2, got {k}")
     day = ctx.data
     p_human = out_of_fold_click_probabilities(ctx, k, "importance.estimators.noise_mixture.folds", "noise_mixture",
                                               int(cfg["epochs"]), calibrated_start=bool(cfg["calibrated_start"]))

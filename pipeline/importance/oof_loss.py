@@ -16,8 +16,6 @@ from pipeline.importance.registry import Context, register
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]
     k = int(cfg["folds"])
-    if k < 2:
-        raise ValueError(f"importance.folds must be at least 2, got {k}")
     day = ctx.data
 
     def fold_values(fold, fit_rows, score_rows, holdout_rows):
