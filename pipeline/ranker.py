@@ -127,7 +127,7 @@ def per_sample_loss(model: Ranker, x: Features) -> torch.Tensor:
 
 
 def new_model(text_dim: int, cfg: dict, seed: int, data: Features | None = None,
-              tower: TextTower | None = None, weights=None) -> Ranker:
+              tower: TextTower | None = None, weights: np.ndarray | None = None) -> Ranker:
     """A fresh ranker. With `data`: the position biases start from the logged click rate by position
     (weighted by the retrain's `weights`, so that rows weighted 0 do not shape the start), the
     f_* features that ranker.extra_features names are taken from it, with their mean and spread. With
