@@ -284,6 +284,7 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
               "noise": {"spec": spec, "seed": stage_seed(params, "benchmark:noise"),
                         "noisy_rows": int(bench.is_noise.sum()), "share": round(float(bench.is_noise.mean()), 6),
                         "log_noise_rows_not_measured": int((~bench.measured).sum()),
+                        "share_of_measured": round(float(bench.is_noise[bench.measured].mean()), 6),
                         "by_kind": {str(k): int(v) for k, v in kinds.items()}},
               "primary_metric": cfg["metric"], "epoch_seconds": round(epoch_seconds, 3),
               "train_seeds": int(cfg["train_seeds"]), "transforms": cfg["transforms"],

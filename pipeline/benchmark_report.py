@@ -143,7 +143,9 @@ def _roc_chart(result: dict) -> str:
 
 
 def _pr_chart(result: dict) -> str:
-    share = _number(result.get("noise", {}).get("share"))
+    # Detection leaves out the log's own noise rows: the chance precision is the share among the rest.
+    noise = result.get("noise", {})
+    share = _number(noise.get("share_of_measured", noise.get("share")))
     chance = None if share is None else {"name": f"chance (noise share {share:.3g})", "points": [(0.0, share), (1.0, share)]}
     return _detection_chart(result, "pr", "recall", "precision", "auprc", chance,
                             "Precision-recall: noisy rows found", "recall", "precision")

@@ -151,6 +151,8 @@ def test_benchmark_command_measures_every_estimator_and_baseline_and_selects_the
     assert result["estimators"]["uniform"]["recovery"] == 0.0
     # The simulator marks its own bots and stray clicks; they are neither injected noise nor clean.
     assert result["noise"]["log_noise_rows_not_measured"] > 0
+    measured_rows = result["log"]["train_rows"] - result["noise"]["log_noise_rows_not_measured"]
+    assert result["noise"]["share_of_measured"] == pytest.approx(result["noise"]["noisy_rows"] / measured_rows, abs=1e-6)
     for name, measured in result["estimators"].items():
         assert set(measured["auroc_by_kind"]) == {"false_click", "bot_sessions"}, name
     assert result["estimators"]["click_model"]["detection"]["auroc"] > 0.6  # bots click off the position curve

@@ -92,6 +92,10 @@ def test_report_has_tables_selection_error_and_charts(tmp_path):
     assert charts.count("<polyline") == 4 + 4 + 7
     assert "broken_one" not in charts
     assert charts.count('stroke-dasharray') > 0
+    # The precision-recall chance line is the noise share among the measured rows, not all rows.
+    res["noise"]["share_of_measured"] = 0.141
+    html = benchmark_report.write(tmp_path, res).read_text(encoding="utf-8")
+    assert "chance (noise share 0.141)" in html and "noise share 0.13)" not in html
 
 
 def test_report_renders_in_headless_chromium(tmp_path):
