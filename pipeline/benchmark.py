@@ -255,8 +255,11 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
     names = estimator_names(estimators_text if estimators_text is not None else cfg["estimators"])
     bench = Bench(data_dir, days, embeddings_dir, spec, params)
     epoch_seconds = bench.epoch_seconds()
-    reference = {name: dict(zip(("test", "test_runs"), bench.retrained(x)))
-                 for name, x in (("clean", bench.clean_x), ("unweighted", bench.noisy_x))}
+    # The oracle knows the injected rows and weighs them 0: what weights alone could recover on this log.
+    reference = {name: dict(zip(("test", "test_runs"), bench.retrained(x, weights)))
+                 for name, x, weights in (("clean", bench.clean_x, None), ("unweighted", bench.noisy_x, None),
+                                          ("oracle", bench.noisy_x, (~bench.is_noise).astype(np.float64)))}
+    oracle = retrain_result(bench, (reference["oracle"]["test"], reference["oracle"]["test_runs"]), reference)
     results = {}
     for name in [*names, *BASELINES]:
         try:
@@ -289,7 +292,8 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
               "primary_metric": cfg["metric"], "epoch_seconds": round(epoch_seconds, 3),
               "train_seeds": int(cfg["train_seeds"]), "transforms": cfg["transforms"],
               "reference": {name: r["test"] for name, r in reference.items()},
-              "reference_runs": {name: r["test_runs"] for name, r in reference.items()}, "estimators": results,
+              "reference_runs": {name: r["test_runs"] for name, r in reference.items()},
+              "oracle": {"recovery": oracle["recovery"], "recovery_se": oracle["recovery_se"]}, "estimators": results,
               "selection": {"estimator": winner, "transform": transform, "reason": reason, "rule": rule}}
     selection = {"estimator": winner, "transform": transform, "reason": reason,
                  "benchmark": {"data": str(data_dir), "days": bench.days, "noise": spec}}

@@ -202,9 +202,11 @@ def _detection_table(result: dict) -> str:
 
 
 def _retrain_table(result: dict) -> str:
-    reference = result.get("reference", {})
-    rows = [[f"<code>{escape(ref)}</code>", "reference", ""] + [_cell(reference.get(ref, {}).get(m)) for m in TEST_METRICS]
-            + ["—", "", "", ""] for ref in ("clean", "unweighted")]
+    reference, oracle = result.get("reference", {}), result.get("oracle") or {}
+    rows = [[f"<code>{escape(ref)}</code>", "reference", "weight 0 on the injected rows" if ref == "oracle" else ""]
+            + [_cell(reference[ref].get(m)) for m in TEST_METRICS]
+            + ([_cell(oracle.get("recovery")), _cell(oracle.get("recovery_se"))] if ref == "oracle" else ["—", ""])
+            + ["", ""] for ref in ("clean", "unweighted", "oracle") if ref in reference]
     rows += [_name_cells(name, e) + [_cell(e.get("transform"))] + [_cell((e.get("test") or {}).get(m)) for m in TEST_METRICS]
              + [_cell(e.get("recovery")), _cell(e.get("recovery_se")), _by_transform_cell(e), _error_cell(e)]
              for name, e in result["estimators"].items()]
@@ -271,7 +273,8 @@ def render(result: dict) -> str:
             "<h2>Retrain on the noisy log</h2><p>Test metrics of the model trained on the clean log, on the "
             "noisy log unweighted, and on the noisy log weighted by each estimator with its best weight transform "
             f"(the best on the primary metric), each averaged over {_cell(result.get('train_seeds'))} training "
-            "seeds.</p>",
+            "seeds. The oracle weighs the injected rows 0 and the others 1: its recovery is what weights alone "
+            "could reach on this log.</p>",
             _retrain_table(result),
             "<h2>Cost</h2>",
             f"<p>One training epoch took {_cell(epoch)} s.</p>", _cost_table(result),

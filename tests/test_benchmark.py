@@ -132,7 +132,8 @@ def test_benchmark_command_measures_every_estimator_and_baseline_and_selects_the
     assert set(result["estimators"]) == {"click_model", "oof_loss", "uniform", "random"}
     assert result["noise"]["noisy_rows"] == sum(result["noise"]["by_kind"].values()) > 0
     assert set(result["noise"]["by_kind"]) == {"false_click", "bot_sessions"}
-    assert set(result["reference"]) == set(result["reference_runs"]) == {"clean", "unweighted"}
+    assert set(result["reference"]) == set(result["reference_runs"]) == {"clean", "unweighted", "oracle"}
+    assert isinstance(result["oracle"]["recovery"], float) and isinstance(result["oracle"]["recovery_se"], float)
     assert all(len(runs) == 2 for runs in result["reference_runs"].values())  # benchmark.train_seeds
     for name, measured in result["estimators"].items():
         assert measured["error"] is None, name

@@ -42,7 +42,9 @@ def result(error: str = "ValueError: scores are all NaN", selected: str | None =
         "primary_metric": "auc_click",
         "epoch_seconds": 1.9,
         "reference": {"clean": {"auc_click": 0.71, "logloss_click": 0.30, "ndcg_at_10": 0.41},
-                      "unweighted": {"auc_click": 0.69, "logloss_click": 0.31, "ndcg_at_10": 0.39}},
+                      "unweighted": {"auc_click": 0.69, "logloss_click": 0.31, "ndcg_at_10": 0.39},
+                      "oracle": {"auc_click": 0.7031, "logloss_click": 0.303, "ndcg_at_10": 0.40}},
+        "oracle": {"recovery": 0.655, "recovery_se": 0.0813},
         "estimators": {
             "oof_loss": entry("estimator", "retraining", 5.2, 4.0, 0.70, 0.5),
             "grad_norm": entry("estimator", "forward-only", 30.0, 2.0, 0.695, 0.25),
@@ -76,6 +78,8 @@ def test_report_has_tables_selection_error_and_charts(tmp_path):
             assert f"<code>{name}</code>" in rows, (table_id, name)
         assert rows.count("<span class='skipped'>baseline</span>") == 2
     assert "<code>clean</code>" in section(html, "retrain") and "<code>unweighted</code>" in section(html, "retrain")
+    oracle_row = section(html, "retrain").split("<code>oracle</code>")[1].split("</tr>")[0]
+    assert "0.7031" in oracle_row and "0.655" in oracle_row and "0.0813" in oracle_row
     assert section(html, "retrain").count("0.0427") == 3          # each recovery's standard error beside it
     # order of the page: log line, selection, detection, retrain, cost, charts
     marks = ["id='log'", "id='selection'", 'id="detection"', 'id="retrain"', 'id="cost"', "id='charts'"]
