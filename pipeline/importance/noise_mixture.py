@@ -10,6 +10,11 @@ A human click can still be accidental. Accidental clicks land anywhere at a floo
 `accidental_quantile` of the predicted click probabilities, so q / p of a click predicted at p is
 accidental.
 
+Humans' clicks in a session also cluster on the categories they like, and bots' do not. With
+`session_affinity`, the human click probability is refined by a logistic regression of the log's clicks
+on the ranker's logit and on the session's other clicks: whether, and how often, it clicked elsewhere on
+the row's category, and whether it clicked elsewhere at all.
+
 score = log P(clean) = log(P(human session) * (1 - P(accidental click))), so at temperature 1 a row's
 weight before clipping is the probability that it is clean. `fit_mixture` works on plain arrays.
 """
@@ -75,6 +80,25 @@ def fit_mixture(p_human, click, session, bot_click_rates, *, bot_share: float, i
     return Mixture(bot_posterior=1.0 - posterior[0], bot_shares=shares, bot_click_rates=rates, iterations=iteration)
 
 
+def session_affinity(p_human, click, session, category, eps: float = 1e-4) -> np.ndarray:
+    """The human click probability refined by the session's other clicks (see the module's docstring).
+    Rows without a category get no same-category evidence."""
+    from sklearn.linear_model import LogisticRegression
+
+    p = np.clip(np.asarray(p_human, dtype=np.float64), eps, 1 - eps)
+    click = np.asarray(click, dtype=np.float64)
+    if len(np.unique(click)) < 2:
+        return p
+    frame = pd.DataFrame({"session": np.asarray(session), "category": np.asarray(category, dtype=object),
+                          "click": click})
+    same = frame.groupby(["session", "category"], dropna=False)["click"].transform("sum").to_numpy() - click
+    same = np.where(frame["category"].isna().to_numpy(), 0.0, same)
+    elsewhere = frame.groupby("session")["click"].transform("sum").to_numpy() - click
+    features = np.column_stack([np.log(p / (1 - p)), same > 0, np.log1p(same), elsewhere > 0])
+    model = LogisticRegression(max_iter=1000).fit(features, click)
+    return np.clip(model.predict_proba(features)[:, 1], eps, 1 - eps)
+
+
 def clean_log_probability(p_human, click, session, mixture: Mixture, accidental_rate: float,
                           eps: float = 1e-4) -> np.ndarray:
     """log P(clean) per row: its session is human's and, when clicked, the click is not accidental."""
@@ -98,6 +122,9 @@ def score(ctx: Context) -> pd.DataFrame:
     if log_ctr == 0:
         raise ValueError("noise_mixture: the log has no clicks; a click model cannot be fitted")
     eps = float(cfg["eps"])
+    if cfg["session_affinity"]:
+        category = day.impressions["item_id"].map(day.catalog.set_index("item_id")["category"]).to_numpy()
+        p_human = session_affinity(p_human, click, session, category, eps)
     starting_rates = [min(1 - eps, float(m) * log_ctr) for m in cfg["bot_click_rates"]]
     mixture = fit_mixture(p_human, click, session, starting_rates, bot_share=float(cfg["bot_share"]),
                           iterations=int(cfg["iterations"]), tol=float(cfg["tol"]), eps=eps)
