@@ -7,25 +7,19 @@ selection/estimator.json, tracked by DVC. The next sieve_retrain run reads it (i
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import yaml
 from airflow.sdk import CronDataIntervalTimetable, dag, task
-
-PROJECT = Path(__file__).resolve().parents[1]
-KNOBS = yaml.safe_load((PROJECT / "params.yaml").read_text())["dag"]
+from sieve_tasks import KNOBS, notify_failure, workspace
 
 
 @task(task_id="select_estimator")
 def select_estimator(data_interval_start=None, data_interval_end=None, logical_date=None):
     # The interval's last whole day: the run at Monday 00:00 benchmarks the days up to Sunday.
     until = ((data_interval_end or logical_date) - timedelta(days=1)).astimezone(timezone.utc).date().isoformat()
-    workspace = os.environ.get("SIEVE_WORKSPACE", str(PROJECT))
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "select", "--workspace", workspace, "--until", until],
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "select", "--workspace", workspace(), "--until", until],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     print(proc.stdout, end="")
     if proc.returncode:
@@ -38,7 +32,8 @@ def select_estimator(data_interval_start=None, data_interval_end=None, logical_d
     start_date=datetime.fromisoformat(KNOBS["start_date"]).replace(tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": KNOBS["retries"], "retry_delay": timedelta(seconds=KNOBS["retry_delay_seconds"])},
+    default_args={"retries": KNOBS["retries"], "retry_delay": timedelta(seconds=KNOBS["retry_delay_seconds"]),
+                  "on_failure_callback": notify_failure},
     tags=["sieve", "importance"],
     doc_md=__doc__,
 )

@@ -1,8 +1,16 @@
-"""sieve_retrain: the daily retrain. One task per DVC stage, all for the run's data interval (one day).
+"""sieve_retrain: the daily retrain. One task per DVC stage, all for the run's day.
 
-Each task runs `python -m pipeline repro --day <day> <stage>` in the workspace (SIEVE_WORKSPACE,
-default: this repository). A day the data contract rejects fails `validate` without retries, so
-nothing after it runs and the champion stays as it was.
+The day is the run's data interval (the day before its logical date), or, for a run triggered by
+the sieve_raw_day asset (a day's logs landed), the day named in the event. Each stage task runs
+`python -m pipeline repro --day <day> --holder <run id> <stage>` in the workspace (SIEVE_WORKSPACE,
+default: this repository).
+
+`acquire_workspace` waits until the run holds the workspace's lease (pipeline/lease.py), so runs
+that are active at once (a backfill's, or a backfill beside the daily run) take turns, earliest day
+first; `release_workspace` (a teardown: it runs when a stage fails too) gives it back. A day the
+data contract rejects fails `validate` without retries, so nothing after it runs and the champion
+stays as it was. A task that fails for good writes a failure event (and posts it to the webhook
+connection when there is one).
 
 Importance scoring is mapped: `plan_shards` reads importance.shards from the workspace's params and
 `importance_shard` runs once per shard (dynamic task mapping), side by side where the executor has
@@ -10,54 +18,14 @@ room; `importance` then combines, weights and reports them.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import datetime, timezone
 
-import yaml
-from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task
+from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
+from sieve_tasks import (KNOBS, RAW_DAY, acquire_workspace, default_args, release_workspace, run_day,
+                          run_stage, stage_task, workspace)
 
-from pipeline.repro import EXIT_DATA_REJECTED, REJECTION_PREFIX, SHARD_STAGE, STAGES, shard_indices
-
-PROJECT = Path(__file__).resolve().parents[1]
-KNOBS = yaml.safe_load((PROJECT / "params.yaml").read_text())["dag"]
-
-
-def workspace() -> str:
-    return os.environ.get("SIEVE_WORKSPACE", str(PROJECT))
-
-
-def run_stage(stage: str, day: str) -> None:
-    """Stream the stage's output into the task log; map its exit code to retry or fail-fast."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "repro", "--workspace", workspace(),
-                             "--day", day, stage],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    rejection = None
-    for line in proc.stdout:
-        print(line, end="")
-        if line.startswith(REJECTION_PREFIX):
-            rejection = line.strip()
-    if proc.wait() == EXIT_DATA_REJECTED:
-        raise AirflowFailException(rejection or f"{stage}: the day's data was rejected")
-    if proc.returncode:
-        raise RuntimeError(f"stage {stage} failed for {day} (exit {proc.returncode})")
-
-
-def run_day(data_interval_start, logical_date) -> str:
-    start = data_interval_start or logical_date
-    if start is None:
-        raise AirflowFailException("the run has no data interval: trigger it with a logical date")
-    return start.astimezone(timezone.utc).date().isoformat()
-
-
-def stage_task(stage: str):
-    @task(task_id=stage)
-    def run(data_interval_start=None, logical_date=None):
-        run_stage(stage, run_day(data_interval_start, logical_date))
-    return run()
+from pipeline.repro import SHARD_STAGE, STAGES, shard_indices
 
 
 @task
@@ -70,37 +38,35 @@ def plan_shards() -> list[int]:
 
 
 @task(task_id=SHARD_STAGE, map_index_template="shard {{ shard }}")
-def score_shard(shard: int, data_interval_start=None, logical_date=None):
-    get_current_context()["shard"] = shard
-    run_stage(f"{SHARD_STAGE}@{shard}", run_day(data_interval_start, logical_date))
+def score_shard(shard: int):
+    context = get_current_context()
+    context["shard"] = shard
+    run_stage(f"{SHARD_STAGE}@{shard}", run_day(context), context["run_id"])
 
 
 @dag(
     dag_id="sieve_retrain",
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+                                 assets=RAW_DAY),
     start_date=datetime.fromisoformat(KNOBS["start_date"]).replace(tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "retries": KNOBS["retries"],
-        "retry_delay": timedelta(seconds=KNOBS["retry_delay_seconds"]),
-        "retry_exponential_backoff": KNOBS["retry_backoff_multiplier"],
-        "max_retry_delay": timedelta(seconds=KNOBS["max_retry_delay_seconds"]),
-        "execution_timeout": timedelta(minutes=KNOBS["stage_timeout_minutes"]),
-    },
+    default_args=default_args(),
     tags=["sieve", "retrain"],
     doc_md=__doc__,
 )
 def sieve_retrain():
-    tasks = {stage: stage_task(stage) for stage in STAGES if stage != SHARD_STAGE}
+    # Training goes to its own queue: on Celery, the GPU worker listens on it (docker/).
+    tasks = {stage: stage_task(stage, **({"queue": KNOBS["train_queue"]} if stage == "train" else {}))
+             for stage in STAGES if stage != SHARD_STAGE}
     plan = plan_shards()
     tasks[SHARD_STAGE] = score_shard.expand(shard=plan)
     tasks["validate"] >> plan
-    previous = None
+    previous = acquire = acquire_workspace()
     for stage in STAGES:
-        if previous is not None:
-            previous >> tasks[stage]
+        previous >> tasks[stage]
         previous = tasks[stage]
+    previous >> release_workspace().as_teardown(setups=acquire)
 
 
 sieve_retrain()

@@ -21,6 +21,7 @@ COMMANDS = {
     "benchmark": ("pipeline.benchmark", "compare the importance estimators on injected noise and pick one"),
     "select": ("pipeline.selection", "benchmark the recent days and make the winner the retrain's estimator"),
     "repro": ("pipeline.repro", "run one DVC stage of the retrain for a given day"),
+    "lease": ("pipeline.lease", "show which run holds a workspace, or break a dead run's lease"),
     "summary": ("pipeline.summary", "print where a run's reports, metrics and decision are"),
 }
 

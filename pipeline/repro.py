@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import re
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import registry, selection
+from pipeline import lease, registry, selection
 from pipeline.atomic import dumps_json, read_json, write_bytes_atomic
 from pipeline.days import parse_day
 from pipeline.params import load_params
@@ -34,6 +35,8 @@ SHARD_TARGET = re.compile(rf"^{SHARD_STAGE}@(\d+)$")
 EXIT_DATA_REJECTED = 3
 # First words of the line that reports a rejection (the DAG shows that line as the failure reason).
 REJECTION_PREFIX = "repro: validate rejected the day:"
+# Exit code for "another run holds the workspace" (pipeline/lease.py).
+EXIT_LEASE_HELD = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stages", nargs="*", metavar="stage",
                         help=f"stages to run, in order (default: all of {', '.join(STAGES)}); "
                              f"{SHARD_STAGE}@K runs shard K only")
+    parser.add_argument("--holder", default=None,
+                        help="the run that holds the workspace's lease (the DAG passes its run id); "
+                             "without it the command takes the lease itself for its own duration")
 
 
 def shard_count(params: dict) -> int:
@@ -155,7 +161,8 @@ def run_stage(workspace: Path, stage: str, day: str) -> int:
     return 1
 
 
-def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = STAGES) -> int:
+def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = STAGES,
+        holder: str | None = None) -> int:
     workspace = Path(workspace).resolve()
     if not (workspace / ".dvc").is_dir() or not (workspace / "dvc.yaml").is_file():
         print(f"repro: {workspace} is not a DVC repository with a dvc.yaml", file=sys.stderr)
@@ -176,7 +183,31 @@ def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = S
     except ValueError as exc:
         print(f"repro: {exc}", file=sys.stderr)
         return 2
-    prepare(workspace, day, params)
+    if holder is not None:
+        try:
+            held = lease.check(workspace, holder)
+        except lease.LeaseHeld as exc:
+            print(f"repro: {holder!r} does not hold the workspace: {exc}", file=sys.stderr)
+            return EXIT_LEASE_HELD
+        if not held.get("prepared"):
+            prepare(workspace, day, params)
+            lease.mark_prepared(workspace, holder)
+        return run_stages(workspace, day, stages)
+    # By hand: hold the lease for this command only, and refuse to run inside another run.
+    holder = f"cli:{socket.gethostname()}:{os.getpid()}"
+    waits = lease.acquire(workspace, holder, day, stale_after=lease.stale_after(params), queue=False)
+    if waits is not None:
+        print(f"repro: the workspace is busy: {waits}; try again when that run has ended "
+              f"(`python -m pipeline lease --workspace {workspace}` shows the lease)", file=sys.stderr)
+        return EXIT_LEASE_HELD
+    try:
+        prepare(workspace, day, params)
+        return run_stages(workspace, day, stages)
+    finally:
+        lease.release(workspace, holder)
+
+
+def run_stages(workspace: Path, day: str, stages) -> int:
     for stage in stages or STAGES:
         code = run_stage(workspace, stage, day)
         if code:
@@ -185,4 +216,4 @@ def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = S
 
 
 def main(args: argparse.Namespace) -> int:
-    return run(args.workspace, args.day, args.stages)
+    return run(args.workspace, args.day, args.stages, args.holder)

@@ -10,22 +10,51 @@ from pipeline.repro import SHARD_STAGE, STAGES
 
 
 @pytest.fixture(scope="module")
-def dag(airflow_db):
+def bag(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
+    return bag
+
+
+@pytest.fixture(scope="module")
+def dag(bag):
     return bag.get_dag("sieve_retrain")
 
 
-def test_tasks_run_the_stages_in_order(dag):
+def test_tasks_run_the_stages_in_order_inside_the_workspace_lease(dag):
     order = [t.task_id for t in dag.topological_sort()]
-    assert [t for t in order if t != "plan_shards"] == list(STAGES)
+    assert order[0] == "acquire_workspace" and order[-1] == "release_workspace"
+    assert [t for t in order[1:-1] if t != "plan_shards"] == list(STAGES)
     assert order.index("validate") < order.index("plan_shards") < order.index(SHARD_STAGE)
+    assert dag.get_task(STAGES[0]).upstream_task_ids == {"acquire_workspace"}
     for upstream, downstream in zip(STAGES, STAGES[1:]):
         expected = {upstream, "plan_shards"} if downstream == SHARD_STAGE else {upstream}
         assert dag.get_task(downstream).upstream_task_ids == expected
     assert dag.get_task("plan_shards").upstream_task_ids == {"validate"}
+
+
+def test_the_lease_is_given_back_by_a_teardown_that_runs_on_failure_too(dag):
+    release = dag.get_task("release_workspace")
+    assert release.is_teardown
+    assert release.trigger_rule == "all_done_setup_success"
+    assert release.upstream_task_ids == {STAGES[-1], "acquire_workspace"}
+    acquire = dag.get_task("acquire_workspace")
+    assert acquire.is_setup and acquire.mode == "reschedule"
+
+
+def test_train_goes_to_the_queue_params_name(dag):
+    import yaml
+
+    queue = yaml.safe_load((ROOT / "params.yaml").read_text())["dag"]["train_queue"]
+    assert dag.get_task("train").queue == queue
+
+
+def test_every_task_notifies_when_it_fails_for_good(dag):
+    for t in dag.tasks:
+        callbacks = t.on_failure_callback if isinstance(t.on_failure_callback, list) else [t.on_failure_callback]
+        assert [cb.__name__ for cb in callbacks] == ["notify_failure"], t.task_id
 
 
 def test_importance_scoring_is_mapped_over_the_planned_shards(dag):
@@ -37,11 +66,15 @@ def test_importance_scoring_is_mapped_over_the_planned_shards(dag):
     assert not isinstance(dag.get_task("importance"), MappedOperator)
 
 
-def test_schedule_and_concurrency(dag):
+def test_schedule_daily_or_when_a_day_lands(bag, dag):
     assert dag.catchup is False
     assert dag.max_active_runs == 1
-    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
-    assert dag.timetable.expression == "0 0 * * *"
+    schedule = dag.timetable
+    assert type(schedule).__name__ == "AssetOrTimeSchedule"
+    assert schedule.timetable.expression == "0 0 * * *"
+    assert schedule.asset_condition.name == "sieve_raw_day"
+    announce = bag.get_dag("sieve_raw_landed").get_task("announce_day")
+    assert [o.name for o in announce.outlets] == ["sieve_raw_day"]
 
 
 def test_every_task_retries_with_backoff(dag):

@@ -1,5 +1,6 @@
 """End-to-end: the sieve_retrain DAG run by Airflow (dag.test on SQLite) over real DVC stages."""
 import json
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import DAY, ROOT, make_workspace, simulate
-from pipeline import registry
+from pipeline import events, lease, registry
 from pipeline.contract import DayPaths, impression_parts
 
 pytestmark = pytest.mark.slow
@@ -36,6 +37,9 @@ def test_good_day_runs_every_stage_and_promotes(dag, monkeypatch, tmp_path):
     state, states = run_dag(dag, monkeypatch, workspace, DAY)
     assert state == "success", states
     assert set(states.values()) == {"success"}
+    assert lease.read(workspace)["holder"] is None
+    assert [(r["day"], r["forced"]) for r in lease.history(workspace)] == [(DAY, False)]
+    assert events.read_events(workspace) == []
     metrics = json.loads((workspace / "work/evaluate/metrics.json").read_text())
     assert metrics["day"] == DAY and metrics["champion"] is None
     assert 0.0 <= metrics["candidate"]["auc_click"] <= 1.0
@@ -44,6 +48,44 @@ def test_good_day_runs_every_stage_and_promotes(dag, monkeypatch, tmp_path):
     champion = registry.current(workspace / "registry")
     assert champion["day"] == DAY
     assert (registry.model_dir(workspace / "registry", champion) / "ranker" / "ranker.safetensors").is_file()
+
+
+class Webhook:
+    """A real HTTP server on a free local port that keeps the JSON bodies posted to it."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    hook = Webhook()
+    # An Airflow connection from the environment, the way a deployment would configure it.
+    monkeypatch.setenv("AIRFLOW_CONN_SIEVE_ALERTS", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": hook.port, "schema": "hooks/sieve"}))
+    yield hook
+    hook.close()
 
 
 def break_missing_column(paths: DayPaths) -> None:
@@ -63,7 +105,7 @@ def break_duplicate_event_id(paths: DayPaths) -> None:
     (break_missing_column, ["clicked"]),
     (break_duplicate_event_id, ["event_id", "unique"]),
 ])
-def test_bad_day_stops_at_validation_and_keeps_the_champion(dag, monkeypatch, tmp_path, capfd,
+def test_bad_day_stops_at_validation_and_keeps_the_champion(dag, monkeypatch, tmp_path, capfd, webhook,
                                                             breaker, expected):
     workspace = make_workspace(tmp_path / "ws")
     simulate(workspace, DAY)
@@ -85,6 +127,14 @@ def test_bad_day_stops_at_validation_and_keeps_the_champion(dag, monkeypatch, tm
                                                          "importance", "train", "evaluate", "gate", "promote"))
     assert pointer.read_bytes() == before
     assert not (workspace / "work/pretrain").exists()
+    # The teardown gave the lease back although the run failed.
+    assert states["acquire_workspace"] == "success" and states["release_workspace"] == "success"
+    assert lease.read(workspace)["holder"] is None
+    # One failure event, on disk and posted to the connection's URL, naming the task, day and reason.
+    [event] = events.read_events(workspace)
+    assert (event["dag_id"], event["task_id"], event["day"]) == ("sieve_retrain", "validate", DAY)
+    assert "rejected the day" in event["error"] and all(word in event["error"] for word in expected)
+    assert webhook.received == [("/hooks/sieve", event)]
     # dag.test() writes the task log to the console: the failure names the rule and the column.
     output = capfd.readouterr()
     reason = [line for line in (output.out + output.err).splitlines()

@@ -1,0 +1,161 @@
+"""The workspace lease: one run at a time works in a workspace, and waiting runs go in day order.
+
+Every run shares the workspace's stage outputs (work/corpus, work/train, ...) and run/context.yaml,
+so two runs interleaving their stages would read each other's files. A run first takes the lease
+(the DAG's `acquire_workspace`, or `pipeline repro` itself when called by hand), every stage checks
+that its run holds it, and the run gives it back at its end (`release_workspace`, a teardown that
+runs on failure too). DVC's cache and run cache stay shared: a rerun is still a cache hit.
+
+run/lease.json    {"holder", "day", "acquired_at", "waiting": {holder: {"day", "seen_at"}}}
+run/leases.jsonl  one line per lease given back: who held it, for which day, from when to when
+
+A waiting run asks again every poke; the lease goes to the earliest day among the runs that asked
+recently (within `stale_after` seconds), so a backfill with several active runs still trains its
+days in order, and a run that stopped asking no longer holds the queue up.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.atomic import dumps_json, write_bytes_atomic
+
+LEASE = Path("run") / "lease.json"
+HISTORY = Path("run") / "leases.jsonl"
+GUARD = Path("run") / ".lease.lock"
+
+
+class LeaseHeld(Exception):
+    """The workspace's lease belongs to another run."""
+
+    def __init__(self, lease: dict):
+        self.lease = lease
+        super().__init__(f"the workspace is leased to {lease['holder']!r} (day {lease['day']}, "
+                         f"since {lease['acquired_at']})")
+
+
+def now() -> float:
+    return time.time()
+
+
+def stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+@contextmanager
+def guarded(workspace: Path) -> Iterator[None]:
+    """Serialise every read-modify-write of the lease file (an flock: released if the process dies)."""
+    path = workspace / GUARD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read(workspace: str | Path) -> dict | None:
+    """The lease as it stands (None: free), with its waiting runs."""
+    path = Path(workspace) / LEASE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write(workspace: Path, lease: dict) -> None:
+    write_bytes_atomic(workspace / LEASE, dumps_json(lease).encode())
+
+
+def acquire(workspace: str | Path, holder: str, day: str, stale_after: float, queue: bool = True) -> str | None:
+    """Take the lease for `holder`, or (with `queue`) put it in the queue. None when it holds the lease
+    now (it may have held it already: a retried task asks again), else why it waits."""
+    workspace = Path(workspace)
+    with guarded(workspace):
+        lease = read(workspace) or {"holder": None, "waiting": {}}
+        if lease["holder"] == holder:
+            return None
+        t = now()
+        waiting = {h: w for h, w in lease.get("waiting", {}).items()
+                   if t - w["seen_at"] <= stale_after and h != lease["holder"]}
+        waiting[holder] = {"day": day, "seen_at": t}
+        first = min(waiting.items(), key=lambda item: (item[1]["day"], item[1]["seen_at"]))[0]
+        if lease["holder"] is None and first == holder:
+            del waiting[holder]
+            write(workspace, {"holder": holder, "day": day, "acquired_at": stamp(t), "waiting": waiting})
+            return None
+        if not queue:
+            del waiting[holder]
+        write(workspace, {**lease, "waiting": waiting})
+        if lease["holder"] is not None:
+            return f"leased to {lease['holder']!r} (day {lease['day']}, since {lease['acquired_at']})"
+        return f"{first!r} waits for an earlier day ({waiting[first]['day']})"
+
+
+def release(workspace: str | Path, holder: str | None = None) -> dict | None:
+    """Give the lease back. With a holder, only that holder's lease is given back (a teardown of a
+    run that never got it must not free another run's); without one, whoever holds it loses it."""
+    workspace = Path(workspace)
+    with guarded(workspace):
+        lease = read(workspace)
+        if not lease or lease["holder"] is None or (holder is not None and lease["holder"] != holder):
+            return None
+        record = {"holder": lease["holder"], "day": lease["day"], "acquired_at": lease["acquired_at"],
+                  "released_at": stamp(now()), "forced": holder is None}
+        with open(workspace / HISTORY, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        write(workspace, {"holder": None, "waiting": lease.get("waiting", {})})
+        return record
+
+
+def mark_prepared(workspace: str | Path, holder: str) -> None:
+    """Note that the holder's run context is written.
+
+    A run's context (its day, drift window, baseline champion, estimator) is taken once, before its
+    first stage: a selection or a promotion landing mid-run must not change its later stages."""
+    workspace = Path(workspace)
+    with guarded(workspace):
+        lease = read(workspace)
+        if not lease or lease["holder"] != holder:
+            raise LeaseHeld(lease or {"holder": None, "day": None, "acquired_at": None})
+        write(workspace, {**lease, "prepared": True})
+
+
+def check(workspace: str | Path, holder: str) -> dict:
+    """The lease, when `holder` holds it; else LeaseHeld: a stage must not run in another run's files."""
+    lease = read(workspace)
+    if not lease or lease["holder"] != holder:
+        raise LeaseHeld(lease or {"holder": None, "day": None, "acquired_at": None})
+    return lease
+
+
+def stale_after(params: dict) -> float:
+    """Seconds after its last ask that a waiting run stops holding the queue up."""
+    return float(params["dag"]["lease"]["stale_after_seconds"])
+
+
+def history(workspace: str | Path) -> list[dict]:
+    path = Path(workspace) / HISTORY
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", default=".", help="the DVC repository whose lease to show or break")
+    parser.add_argument("--break", dest="break_lease", action="store_true",
+                        help="take the lease from whoever holds it (a run that died without giving it back)")
+
+
+def main(args: argparse.Namespace) -> int:
+    workspace = Path(args.workspace)
+    if args.break_lease:
+        record = release(workspace)
+        print(f"lease: broke {record['holder']!r}'s lease (day {record['day']})" if record
+              else "lease: the workspace was not leased")
+        return 0
+    lease = read(workspace)
+    print(dumps_json(lease or {"holder": None}), end="")
+    return 0
