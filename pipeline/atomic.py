@@ -15,7 +15,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; on success it replaces `target` in one rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_orphans(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
     try:
         yield tmp
     except BaseException:
@@ -28,6 +29,25 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+def remove_orphans(target: Path) -> None:
+    """Remove the temporary folders of earlier writers of `target` that died mid-write (SIGKILL, OOM):
+    their names carry the writer's pid, and that process is gone."""
+    for path in target.parent.glob(f".{target.name}.*"):
+        pid = path.name[len(target.name) + 2:].split(".", 1)[0]
+        if path.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

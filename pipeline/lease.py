@@ -6,12 +6,13 @@ so two runs interleaving their stages would read each other's files. A run first
 that its run holds it, and the run gives it back at its end (`release_workspace`, a teardown that
 runs on failure too). DVC's cache and run cache stay shared: a rerun is still a cache hit.
 
-run/lease.json    {"holder", "day", "acquired_at", "waiting": {holder: {"day", "seen_at"}}}
+run/lease.json    {"holder", "day", "acquired_at", "prepared", "waiting": {holder: {"day", "since", "seen_at"}}}
 run/leases.jsonl  one line per lease given back: who held it, for which day, from when to when
 
 A waiting run asks again every poke; the lease goes to the earliest day among the runs that asked
 recently (within `stale_after` seconds), so a backfill with several active runs still trains its
-days in order, and a run that stopped asking no longer holds the queue up.
+days in order, and a run that stopped asking no longer holds the queue up. A run takes a free lease
+only after a poke interval in the queue, so that runs started together are all in it by then.
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def write(workspace: Path, lease: dict) -> None:
     write_bytes_atomic(workspace / LEASE, dumps_json(lease).encode())
 
 
-def acquire(workspace: str | Path, holder: str, day: str, stale_after: float, queue: bool = True) -> str | None:
+def acquire(workspace: str | Path, holder: str, day: str, stale_after: float, queue: bool = True,
+            settle: float = 0.0) -> str | None:
     """Take the lease for `holder`, or (with `queue`) put it in the queue. None when it holds the lease
     now (it may have held it already: a retried task asks again), else why it waits."""
     workspace = Path(workspace)
@@ -82,15 +84,21 @@ def acquire(workspace: str | Path, holder: str, day: str, stale_after: float, qu
         t = now()
         waiting = {h: w for h, w in lease.get("waiting", {}).items()
                    if t - w["seen_at"] <= stale_after and h != lease["holder"]}
-        waiting[holder] = {"day": day, "seen_at": t}
-        first = min(waiting.items(), key=lambda item: (item[1]["day"], item[1]["seen_at"]))[0]
-        if lease["holder"] is None and first == holder:
+        since = waiting.get(holder, {}).get("since", t)
+        waiting[holder] = {"day": day, "since": since, "seen_at": t}
+        first = min(waiting.items(), key=lambda item: (item[1]["day"], item[1]["since"]))[0]
+        # A queued run waits `settle` seconds before it takes a free lease: runs started together (a
+        # backfill's) all get in the queue first, so the earliest day goes first.
+        settled = not queue or t - since >= settle
+        if lease["holder"] is None and first == holder and settled:
             del waiting[holder]
             write(workspace, {"holder": holder, "day": day, "acquired_at": stamp(t), "waiting": waiting})
             return None
         if not queue:
             del waiting[holder]
         write(workspace, {**lease, "waiting": waiting})
+        if lease["holder"] is None and first == holder:
+            return f"first in the queue, taking the lease after {settle:.0f} s in it"
         if lease["holder"] is not None:
             return f"leased to {lease['holder']!r} (day {lease['day']}, since {lease['acquired_at']})"
         return f"{first!r} waits for an earlier day ({waiting[first]['day']})"

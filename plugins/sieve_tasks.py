@@ -21,15 +21,19 @@ from pipeline import events, lease
 from pipeline.repro import EXIT_DATA_REJECTED, EXIT_LEASE_HELD, REJECTION_PREFIX
 
 PROJECT = Path(__file__).resolve().parents[1]
-KNOBS = yaml.safe_load((PROJECT / "params.yaml").read_text())["dag"]
-
-# A day of raw logs landed in the workspace (data/raw/*/dt=<day>): the event's extra says which day,
-# {"day": "YYYY-MM-DD"}. sieve_raw_landed emits it; any producer may, through the REST API.
-RAW_DAY = Asset(name="sieve_raw_day", uri="x-sieve://raw-day")
 
 
 def workspace() -> str:
     return os.environ.get("SIEVE_WORKSPACE", str(PROJECT))
+
+
+# The DAGs' knobs come from the workspace's params (plain YAML, read at parse time): the workspace
+# is what a deployment configures.
+KNOBS = yaml.safe_load((Path(workspace()) / "params.yaml").read_text())["dag"]
+
+# A day of raw logs landed in the workspace (data/raw/*/dt=<day>): the event's extra says which day,
+# {"day": "YYYY-MM-DD"}. sieve_raw_landed emits it; any producer may, through the REST API.
+RAW_DAY = Asset(name="sieve_raw_day", uri="x-sieve://raw-day")
 
 
 def landed_day(asset_events) -> str | None:
@@ -92,7 +96,8 @@ def acquire_workspace() -> PokeReturnValue:
     if current and current.get("holder") not in (None, holder) and finished(context, dag_id, current["holder"]):
         print(f"taking the lease over from {current['holder']!r}: that run has ended")
         lease.release(ws, current["holder"])
-    waits = lease.acquire(ws, holder, run_day(context), stale_after=KNOBS["lease"]["stale_after_seconds"])
+    waits = lease.acquire(ws, holder, run_day(context), stale_after=KNOBS["lease"]["stale_after_seconds"],
+                          settle=KNOBS["lease"]["poke_seconds"])
     print(f"holds the lease of {ws}" if waits is None else f"waiting: {waits}")
     return PokeReturnValue(is_done=waits is None)
 

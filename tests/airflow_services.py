@@ -1,0 +1,150 @@
+"""A real Airflow 3 deployment for tests: SQLite metadata database, LocalExecutor, and the
+api-server, scheduler and dag-processor started as separate processes (and stopped: only these)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AirflowServices:
+    def __init__(self, home: Path, workspace: Path, parallelism: int = 3):
+        self.home, self.workspace = home, workspace
+        self.port = free_port()
+        self.procs: dict[str, subprocess.Popen] = {}
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # LocalExecutor starts this many workers: few, on 2 cores.
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__API_AUTH__JWT_SECRET": "test-only-secret-" + str(self.port),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            "SIEVE_WORKSPACE": str(workspace),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def airflow(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        result = subprocess.run([str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True,
+                                timeout=timeout)
+        if check and result.returncode:
+            raise AssertionError(f"airflow {' '.join(args)} exited {result.returncode}\n{result.stdout}\n"
+                                 f"{result.stderr}\n{self.logs_tail()}")
+        return result
+
+    def start(self) -> "AirflowServices":
+        self.airflow("db", "migrate")
+        for name, args in (("api-server", ["api-server", "--port", str(self.port)]),
+                           ("scheduler", ["scheduler"]), ("dag-processor", ["dag-processor"])):
+            log = open(self.home / f"{name}.log", "w")
+            self.procs[name] = subprocess.Popen([str(BIN / "airflow"), *args], env=self.env, stdout=log,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_for(self.api_ready, 180, "the api-server to answer")
+        return self
+
+    def api_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", timeout=5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/api/v2/{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"{}")
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 240) -> None:
+        def parsed():
+            try:
+                self.api("GET", f"dags/{dag_id}")
+                return True
+            except OSError:
+                return False
+        self.wait_for(parsed, timeout, f"the dag-processor to parse {dag_id}")
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.api("GET", f"dags/{dag_id}/dagRuns?limit=100&order_by=id")["dag_runs"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        from urllib.parse import quote
+
+        return self.api("GET", f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances?limit=200")[
+            "task_instances"]
+
+    def wait_for_runs(self, dag_id: str, count: int, timeout: float) -> list[dict]:
+        """Wait until `count` runs exist and all have finished; the runs, oldest first."""
+        def done():
+            runs = self.runs(dag_id)
+            return len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs)
+        self.wait_for(done, timeout, f"{count} finished {dag_id} runs")
+        return self.runs(dag_id)
+
+    def wait_for(self, condition, timeout: float, what: str, every: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise AssertionError(f"airflow {name} exited {proc.returncode}\n{self.logs_tail()}")
+            if condition():
+                return
+            time.sleep(every)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{self.logs_tail()}")
+
+    def logs_tail(self, chars: int = 3000) -> str:
+        tails = []
+        for name in ("api-server", "scheduler", "dag-processor"):
+            path = self.home / f"{name}.log"
+            if path.is_file():
+                tails.append(f"--- {name}.log ---\n{path.read_text(errors='replace')[-chars:]}")
+        return "\n".join(tails)
+
+    def stop(self) -> None:
+        """Stop the processes this object started (each in its own session: its workers go too)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def __enter__(self) -> "AirflowServices":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

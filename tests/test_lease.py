@@ -1,0 +1,105 @@
+"""The workspace lease: one holder at a time, the earliest queued day first, given back by its holder."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DAY
+from pipeline import lease
+
+STALE = 60.0
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Lease time under the test's control (the queue's rules are about seconds waited)."""
+    now = [1000.0]
+    monkeypatch.setattr(lease, "now", lambda: now[0])
+    return now
+
+
+def test_one_holder_at_a_time_and_a_retry_of_the_holder_keeps_it(tmp_path, clock):
+    assert lease.acquire(tmp_path, "run-a", "2026-11-01", STALE) is None
+    assert lease.acquire(tmp_path, "run-a", "2026-11-01", STALE) is None
+    waits = lease.acquire(tmp_path, "run-b", "2026-11-02", STALE)
+    assert "run-a" in waits and "2026-11-01" in waits
+    assert lease.read(tmp_path)["holder"] == "run-a"
+    lease.check(tmp_path, "run-a")
+    with pytest.raises(lease.LeaseHeld, match="run-a"):
+        lease.check(tmp_path, "run-b")
+
+
+def test_the_earliest_waiting_day_goes_first_whatever_the_order_they_asked_in(tmp_path, clock):
+    lease.acquire(tmp_path, "holder", "2026-11-05", STALE)
+    for holder, day in (("third", "2026-11-03"), ("first", "2026-11-01"), ("second", "2026-11-02")):
+        assert lease.acquire(tmp_path, holder, day, STALE, settle=2) is not None
+    lease.release(tmp_path, "holder")
+    clock[0] += 3
+    order = []
+    for _ in range(3):
+        for holder, day in (("third", "2026-11-03"), ("second", "2026-11-02"), ("first", "2026-11-01")):
+            if holder not in order and lease.acquire(tmp_path, holder, day, STALE, settle=2) is None:
+                order.append(holder)
+                lease.release(tmp_path, holder)
+    assert order == ["first", "second", "third"]
+    assert [r["holder"] for r in lease.history(tmp_path)] == ["holder", "first", "second", "third"]
+
+
+def test_a_run_new_to_the_queue_waits_a_poke_before_taking_a_free_lease(tmp_path, clock):
+    assert "first in the queue" in lease.acquire(tmp_path, "late", "2026-11-03", STALE, settle=5)
+    # An earlier day that asks within that time goes first.
+    clock[0] += 1
+    assert lease.acquire(tmp_path, "early", "2026-11-01", STALE, settle=5) is not None
+    clock[0] += 5
+    assert lease.acquire(tmp_path, "late", "2026-11-03", STALE, settle=5) is not None
+    assert lease.acquire(tmp_path, "early", "2026-11-01", STALE, settle=5) is None
+
+
+def test_a_run_that_stopped_asking_no_longer_holds_the_queue_up(tmp_path, clock):
+    lease.acquire(tmp_path, "holder", "2026-11-09", STALE)
+    lease.acquire(tmp_path, "gone", "2026-11-01", STALE)
+    lease.release(tmp_path, "holder")
+    assert lease.acquire(tmp_path, "later", "2026-11-02", STALE) is not None
+    clock[0] += STALE + 1
+    assert lease.acquire(tmp_path, "later", "2026-11-02", STALE) is None
+
+
+def test_only_the_holder_gives_it_back_unless_broken(tmp_path, clock):
+    lease.acquire(tmp_path, "run-a", DAY, STALE)
+    assert lease.release(tmp_path, "run-b") is None
+    assert lease.read(tmp_path)["holder"] == "run-a"
+    broken = lease.release(tmp_path)
+    assert broken["holder"] == "run-a" and broken["forced"] is True
+    assert lease.read(tmp_path)["holder"] is None
+
+
+def test_the_run_context_is_marked_written_for_its_holder_only(tmp_path, clock):
+    lease.acquire(tmp_path, "run-a", DAY, STALE)
+    assert not lease.check(tmp_path, "run-a").get("prepared")
+    lease.mark_prepared(tmp_path, "run-a")
+    assert lease.check(tmp_path, "run-a")["prepared"] is True
+    with pytest.raises(lease.LeaseHeld):
+        lease.mark_prepared(tmp_path, "run-b")
+    lease.release(tmp_path, "run-a")
+    lease.acquire(tmp_path, "run-b", DAY, STALE)
+    assert not lease.check(tmp_path, "run-b").get("prepared")
+
+
+def test_repro_by_hand_refuses_to_run_inside_another_run(workspace):
+    lease.acquire(workspace, "scheduled__2026-11-02", DAY, STALE)
+    result = subprocess.run([sys.executable, "-m", "pipeline", "repro", "--workspace", str(workspace),
+                             "--day", DAY, "validate"], capture_output=True, text=True)
+    assert result.returncode == 4
+    assert "busy" in result.stderr and "scheduled__2026-11-02" in result.stderr
+    assert not (workspace / "run" / "context.yaml").exists()
+    # A stage called for a run that does not hold the lease refuses too.
+    result = subprocess.run([sys.executable, "-m", "pipeline", "repro", "--workspace", str(workspace),
+                             "--day", DAY, "--holder", "backfill__2026-11-01", "validate"],
+                            capture_output=True, text=True)
+    assert result.returncode == 4 and "does not hold" in result.stderr
+    shown = subprocess.run([sys.executable, "-m", "pipeline", "lease", "--workspace", str(workspace)],
+                           capture_output=True, text=True, check=True)
+    assert "scheduled__2026-11-02" in shown.stdout
+    subprocess.run([sys.executable, "-m", "pipeline", "lease", "--workspace", str(workspace), "--break"],
+                   check=True, capture_output=True)
+    assert lease.read(workspace)["holder"] is None
