@@ -22,6 +22,9 @@ COMMANDS = {
     "select": ("pipeline.selection", "benchmark the recent days and make the winner the retrain's estimator"),
     "repro": ("pipeline.repro", "run one DVC stage of the retrain for a given day"),
     "summary": ("pipeline.summary", "print where a run's reports, metrics and decision are"),
+    "publish": ("pipeline.publish", "push a finished run's outputs and lineage record to the DVC remote"),
+    "restore": ("pipeline.restore", "restore a day's champion model and reports from the DVC remote alone"),
+    "lineage": ("pipeline.lineage", "print a model's or a day's lineage: data, params, code, parent champions"),
 }
 
 
