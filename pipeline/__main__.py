@@ -23,6 +23,9 @@ COMMANDS = {
     "repro": ("pipeline.repro", "run one DVC stage of the retrain for a given day"),
     "lease": ("pipeline.lease", "show which run holds a workspace, or break a dead run's lease"),
     "summary": ("pipeline.summary", "print where a run's reports, metrics and decision are"),
+    "publish": ("pipeline.publish", "push a finished run's outputs and lineage record to the DVC remote"),
+    "restore": ("pipeline.restore", "restore a day's champion model and reports from the DVC remote alone"),
+    "lineage": ("pipeline.lineage", "print a model's or a day's lineage: data, params, code, parent champions"),
 }
 
 
