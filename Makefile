@@ -53,4 +53,4 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
 clean:
-	rm -rf work run registry .airflow .airflow-migrate.log data
+	rm -rf work run registry events dvc-remote .airflow .airflow-migrate.log data

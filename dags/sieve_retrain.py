@@ -15,6 +15,9 @@ connection when there is one).
 Importance scoring is mapped: `plan_shards` reads importance.shards from the workspace's params and
 `importance_shard` runs once per shard (dynamic task mapping), side by side where the executor has
 room; `importance` then combines, weights and reports them.
+
+`publish` pushes the run's outputs, raw day and lineage record to the DVC remote (params `remote`),
+whether the candidate was promoted or not: `python -m pipeline restore` gets any published day back.
 """
 from __future__ import annotations
 
@@ -22,8 +25,8 @@ from datetime import datetime, timezone
 
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
-from sieve_tasks import (KNOBS, RAW_DAY, acquire_workspace, default_args, release_workspace, run_day,
-                          run_stage, stage_task, workspace)
+from sieve_tasks import (KNOBS, RAW_DAY, acquire_workspace, default_args, publish, release_workspace,
+                          run_day, run_stage, stage_task, workspace)
 
 from pipeline.repro import SHARD_STAGE, STAGES, shard_indices
 
@@ -66,7 +69,7 @@ def sieve_retrain():
     for stage in STAGES:
         previous >> tasks[stage]
         previous = tasks[stage]
-    previous >> release_workspace().as_teardown(setups=acquire)
+    previous >> publish() >> release_workspace().as_teardown(setups=acquire)
 
 
 sieve_retrain()

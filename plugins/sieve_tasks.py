@@ -18,6 +18,7 @@ from airflow.sdk import Asset, Connection, PokeReturnValue, get_current_context,
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from pipeline import events, lease
+from pipeline.days import parse_day
 from pipeline.repro import EXIT_DATA_REJECTED, EXIT_LEASE_HELD, REJECTION_PREFIX
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -53,13 +54,16 @@ def run_day(context) -> str:
     if day is None:
         raise AirflowFailException("the run has no data interval and no landed day: trigger it with a "
                                    "logical date, or through the sieve_raw_day asset with extra {\"day\": ...}")
-    return day
+    try:
+        return parse_day(day)
+    except ValueError as exc:
+        raise AirflowFailException(f"the sieve_raw_day event's day: {exc}") from exc
 
 
-def run_stage(stage: str, day: str, holder: str) -> None:
-    """Stream the stage's output into the task log; map its exit code to retry or fail-fast."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "repro", "--workspace", workspace(),
-                             "--day", day, "--holder", holder, stage],
+def run_pipeline(args: list[str], what: str, day: str) -> None:
+    """Run `python -m pipeline <args>`, streaming its output into the task log; map its exit code to
+    retry (a crash) or fail-fast (rejected data, another run's workspace)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     rejection = None
     for line in proc.stdout:
@@ -68,11 +72,16 @@ def run_stage(stage: str, day: str, holder: str) -> None:
             rejection = line.strip()
     code = proc.wait()
     if code == EXIT_DATA_REJECTED:
-        raise AirflowFailException(rejection or f"{stage}: the day's data was rejected")
+        raise AirflowFailException(rejection or f"{what}: the day's data was rejected")
     if code == EXIT_LEASE_HELD:
-        raise AirflowFailException(f"{stage}: this run does not hold the workspace's lease (see the log)")
+        raise AirflowFailException(f"{what}: this run does not hold the workspace's lease (see the log)")
     if code:
-        raise RuntimeError(f"stage {stage} failed for {day} (exit {code})")
+        raise RuntimeError(f"{what} failed for {day} (exit {code})")
+
+
+def run_stage(stage: str, day: str, holder: str) -> None:
+    run_pipeline(["repro", "--workspace", workspace(), "--day", day, "--holder", holder, stage],
+                 f"stage {stage}", day)
 
 
 def stage_task(stage: str, **task_kwargs):
@@ -81,6 +90,18 @@ def stage_task(stage: str, **task_kwargs):
         context = get_current_context()
         run_stage(stage, run_day(context), context["run_id"])
     return run()
+
+
+@task(task_id="publish")
+def publish() -> None:
+    """Push the run's outputs and its lineage record to the DVC remote (python -m pipeline publish)."""
+    context = get_current_context()
+    day = run_day(context)
+    try:
+        lease.check(workspace(), context["run_id"])
+    except lease.LeaseHeld as exc:
+        raise AirflowFailException(f"publish: {exc}") from exc
+    run_pipeline(["publish", "--workspace", workspace(), "--day", day], "publish", day)
 
 
 @task.sensor(task_id="acquire_workspace", mode="reschedule",

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,7 +24,7 @@ def free_port() -> int:
 
 
 class AirflowServices:
-    def __init__(self, home: Path, workspace: Path, parallelism: int = 3):
+    def __init__(self, home: Path, workspace: Path, parallelism: int = 3, env: dict | None = None):
         self.home, self.workspace = home, workspace
         self.port = free_port()
         self.procs: dict[str, subprocess.Popen] = {}
@@ -48,6 +49,7 @@ class AirflowServices:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "SIEVE_WORKSPACE": str(workspace),
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            **(env or {}),
         }
 
     def airflow(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -148,3 +150,31 @@ class AirflowServices:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class Webhook:
+    """A real HTTP server on a free local port that keeps the JSON bodies posted to it."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def close(self):
+        self.server.shutdown()

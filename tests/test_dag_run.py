@@ -1,6 +1,5 @@
 """End-to-end: the sieve_retrain DAG run by Airflow (dag.test on SQLite) over real DVC stages."""
 import json
-import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from airflow_services import Webhook
 from conftest import DAY, ROOT, make_workspace, simulate
 from pipeline import events, lease, registry
 from pipeline.contract import DayPaths, impression_parts
@@ -48,34 +48,6 @@ def test_good_day_runs_every_stage_and_promotes(dag, monkeypatch, tmp_path):
     champion = registry.current(workspace / "registry")
     assert champion["day"] == DAY
     assert (registry.model_dir(workspace / "registry", champion) / "ranker" / "ranker.safetensors").is_file()
-
-
-class Webhook:
-    """A real HTTP server on a free local port that keeps the JSON bodies posted to it."""
-
-    def __init__(self):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    def close(self):
-        self.server.shutdown()
 
 
 @pytest.fixture
@@ -144,3 +116,29 @@ def test_bad_day_stops_at_validation_and_keeps_the_champion(dag, monkeypatch, tm
         assert word in reason[0]
     summary = json.loads((workspace / f"work/validate/dt={DAY}/summary.json").read_text())
     assert summary["success"] is False
+
+
+@pytest.fixture(scope="module")
+def landed_dag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("sieve_raw_landed")
+
+
+def test_announcing_a_landed_day_emits_the_asset_event_with_the_day(landed_dag, monkeypatch, tmp_path):
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    workspace = make_workspace(tmp_path / "ws")
+    simulate(workspace, DAY)
+    monkeypatch.setenv("SIEVE_WORKSPACE", str(workspace))
+    landed = landed_dag.test(run_conf={"day": DAY})
+    assert landed.state == "success"
+    with create_session() as session:
+        extras = [e.extra for e in session.query(AssetEvent).filter(AssetEvent.source_run_id == landed.run_id)]
+    assert extras == [{"day": DAY}]
+
+    missing = landed_dag.test(run_conf={"day": "2026-11-09"})
+    assert missing.state == "failed"
+    [event] = events.read_events(workspace)
+    assert event["task_id"] == "announce_day" and "2026-11-09 has not landed" in event["error"]

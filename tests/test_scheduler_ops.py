@@ -1,6 +1,7 @@
 """Operations against a real Airflow scheduler (LocalExecutor on SQLite, api-server, dag-processor):
-a three-day `airflow backfill create` with three runs active at once, a data-triggered run beside
-it, and the train stage of the first day SIGKILLed mid-way and completed by Airflow's retry.
+a three-day `airflow backfill create` with three runs active at once, a data-triggered run and a
+manual run (of a broken day) beside it, the train stage of the first day SIGKILLed mid-way and
+completed by Airflow's retry, and the broken day's failure posted to a webhook.
 
 One deployment serves every test here: it runs the whole scenario once and the tests read what it
 left (the Airflow API's runs and task instances, the workspace's lease log, reports and registry).
@@ -19,15 +20,19 @@ from pathlib import Path
 import psutil
 import pytest
 
-from airflow_services import AirflowServices
+import pyarrow.parquet as pq
+
+from airflow_services import AirflowServices, Webhook
 from conftest import make_workspace, run, simulate, tiny_params
 from pipeline import events, lease, registry
+from pipeline.contract import DayPaths, impression_parts
 
 pytestmark = pytest.mark.slow
 
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
 BACKFILLED = DAYS[:3]
 LANDED = DAYS[3]
+BROKEN = "2026-11-05"  # its impressions lose the `clicked` column: validate rejects it
 
 
 def ops_params() -> dict:
@@ -35,7 +40,7 @@ def ops_params() -> dict:
     params["dag"].update(
         # No scheduled run in the test's lifetime: the backfill and the landed day are the runs.
         start_date="2030-01-01", retries=2, retry_delay_seconds=2, retry_backoff_multiplier=1.5,
-        max_retry_delay_seconds=5, lease={"poke_seconds": 2, "timeout_minutes": 30, "stale_after_seconds": 30})
+        max_retry_delay_seconds=5, lease={"poke_seconds": 10, "timeout_minutes": 30, "stale_after_seconds": 60})
     # More, smaller steps with frequent checkpoints: training lasts long enough to be killed mid-way.
     params["train"].update(epochs=4, batch_size=64, checkpoint_every_steps=5)
     params["train"]["early_stopping"]["patience"] = 0
@@ -78,7 +83,9 @@ class TrainKiller(threading.Thread):
 def deployment(tmp_path_factory):
     base = tmp_path_factory.mktemp("ops")
     workspace = make_workspace(base / "ws", ops_params())
-    simulate(workspace, DAYS[0], days=len(DAYS))
+    simulate(workspace, DAYS[0], days=len(DAYS) + 1)
+    part = impression_parts(DayPaths(workspace / "data/raw", BROKEN))[0]
+    pq.write_table(pq.read_table(part).drop(["clicked"]), part)
     # The same first day, run without Airflow and without interruption: what the killed run must match.
     reference = make_workspace(base / "reference", ops_params())
     simulate(reference, DAYS[0], days=1)
@@ -86,7 +93,10 @@ def deployment(tmp_path_factory):
                                       "--day", DAYS[0]], cwd=reference, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
     killer = TrainKiller(workspace)
-    with AirflowServices(base / "airflow", workspace) as airflow:
+    webhook = Webhook()
+    alerts = {"AIRFLOW_CONN_SIEVE_ALERTS": json.dumps({"conn_type": "http", "host": "127.0.0.1",
+                                                      "port": webhook.port, "schema": "alerts"})}
+    with AirflowServices(base / "airflow", workspace, env=alerts) as airflow:
         for dag_id in ("sieve_retrain", "sieve_raw_landed"):
             airflow.wait_for_dag(dag_id)
             airflow.airflow("dags", "unpause", dag_id)
@@ -97,14 +107,18 @@ def deployment(tmp_path_factory):
         # Beside the backfill: the fourth day lands, and its announcement triggers a retrain of it.
         airflow.airflow("dags", "trigger", "sieve_raw_landed", "--conf", json.dumps({"day": LANDED}))
         airflow.wait_for_runs("sieve_raw_landed", 1, timeout=300)
-        runs = airflow.wait_for_runs("sieve_retrain", 4, timeout=1800)
+        # And a manual run of the broken day (logical date: midnight after it).
+        airflow.airflow("dags", "trigger", "sieve_retrain", "--logical-date", "2026-11-06T00:00:00+00:00")
+        runs = airflow.wait_for_runs("sieve_retrain", 5, timeout=1800)
         killer.stop.set()
         tasks = {r["dag_run_id"]: airflow.task_instances("sieve_retrain", r["dag_run_id"]) for r in runs}
         landed = airflow.runs("sieve_raw_landed")
+    webhook.close()
     out, _ = reference_run.communicate(timeout=900)
     assert reference_run.returncode == 0, out
     return {"workspace": workspace, "reference": reference, "runs": runs, "tasks": tasks, "landed": landed,
-            "killed": killer.killed, "after_kill": killer.after_kill, "logs": airflow.logs_tail()}
+            "killed": killer.killed, "after_kill": killer.after_kill, "logs": airflow.logs_tail(),
+            "posted": webhook.received}
 
 
 def run_days(deployment) -> dict[str, dict]:
@@ -116,8 +130,8 @@ def run_days(deployment) -> dict[str, dict]:
 def test_backfill_runs_each_day_on_its_own_data_in_order(deployment):
     backfill = [r for r in deployment["runs"] if r["run_type"] == "backfill"]
     assert len(backfill) == 3
-    assert all(r["state"] == "success" for r in deployment["runs"]), deployment["runs"]
     days = run_days(deployment)
+    assert all(run["state"] == "success" for day, run in days.items() if day != BROKEN), deployment["runs"]
     for day in BACKFILLED:
         run = days[day]
         assert run["run_type"] == "backfill"
@@ -138,13 +152,14 @@ def test_concurrent_runs_take_turns_and_keep_their_own_outputs(deployment):
     assert any(later_start < earlier_end for (_, earlier_end), (later_start, _) in zip(spans, spans[1:]))
     # ... but their work in the workspace never overlapped: one lease at a time, each given back.
     held = lease.history(deployment["workspace"])
-    assert sorted(r["day"] for r in held) == DAYS and not any(r["forced"] for r in held)
+    assert sorted(r["day"] for r in held) == [*DAYS, BROKEN] and not any(r["forced"] for r in held)
     assert all(a["released_at"] <= b["acquired_at"] for a, b in zip(held, held[1:]))
     assert lease.read(deployment["workspace"])["holder"] is None
-    # Each run's evaluation scored its own day's candidate (the last one left is the last day's).
+    # Each run evaluated its own day's candidate: the metrics left are the last good day's.
     metrics = json.loads((deployment["workspace"] / "work/evaluate/metrics.json").read_text())
-    assert metrics["day"] == held[-1]["day"]
-    assert events.read_events(deployment["workspace"]) == []
+    assert metrics["day"] == LANDED
+    promoted = registry.history(deployment["workspace"] / "registry")
+    assert {p["day"] for p in promoted} <= set(DAYS) and promoted[0]["day"] == DAYS[0]
 
 
 def test_killed_train_leaves_nothing_half_written_and_the_retry_matches_an_uninterrupted_run(deployment):
@@ -174,3 +189,15 @@ def test_a_landed_day_triggers_a_retrain_of_that_day(deployment):
     assert run["run_type"] == "asset_triggered" and run["state"] == "success"
     summary = json.loads((deployment["workspace"] / f"work/validate/dt={LANDED}/summary.json").read_text())
     assert summary["success"] and summary["day"] == LANDED
+
+
+def test_a_failed_run_writes_a_failure_event_and_posts_it_to_the_webhook(deployment):
+    run = run_days(deployment)[BROKEN]
+    assert run["run_type"] == "manual" and run["state"] == "failed"
+    states = {t["task_id"]: t["state"] for t in deployment["tasks"][run["dag_run_id"]]}
+    assert states["validate"] == "failed" and states["train"] == "upstream_failed"
+    assert states["release_workspace"] == "success"
+    [event] = events.read_events(deployment["workspace"])
+    assert (event["run_id"], event["task_id"], event["day"]) == (run["dag_run_id"], "validate", BROKEN)
+    assert "clicked" in event["error"]
+    assert deployment["posted"] == [("/alerts", event)]
