@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import registry
+from pipeline import lineage, registry
 from pipeline.params import load_params
 
 OUTPUTS = (
@@ -50,8 +50,15 @@ def run(workspace: str | Path) -> list[str]:
     if decision_file.is_file():
         decision = json.loads(decision_file.read_text())
         lines.append(f"  gate: {decision['decision']}: {decision['reason']}")
-    champion = registry.current(workspace / load_params(workspace / "params.yaml")["registry"]["dir"])
+    params = load_params(workspace / "params.yaml")
+    champion = registry.current(workspace / params["registry"]["dir"])
     lines.append(f"  champion: {champion['model_id'] + ' (trained on ' + champion['day'] + ')' if champion else 'none'}")
+    if day and params.get("remote"):
+        _, url = lineage.remote_settings(params, workspace)
+        record = f"{url.rstrip('/')}/{lineage.PREFIX}/{lineage.DAYS}/{day}.json"
+        published = Path(record).is_file() if not lineage.is_url(url) else None
+        lines.append(f"  published to: {url}" + {True: "", False: "  (not published)", None: ""}[published])
+        lines.append(f"  lineage: python -m pipeline lineage --workspace {workspace}")
     return lines
 
 

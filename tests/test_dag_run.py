@@ -9,7 +9,7 @@ import pytest
 
 from airflow_services import Webhook
 from conftest import DAY, ROOT, make_workspace, simulate
-from pipeline import events, lease, registry
+from pipeline import events, lease, registry, summary
 from pipeline.contract import DayPaths, impression_parts
 
 pytestmark = pytest.mark.slow
@@ -40,6 +40,11 @@ def test_good_day_runs_every_stage_and_promotes(dag, monkeypatch, tmp_path):
     assert lease.read(workspace)["holder"] is None
     assert [(r["day"], r["forced"]) for r in lease.history(workspace)] == [(DAY, False)]
     assert events.read_events(workspace) == []
+    # The publish task pushed the run and its lineage record to the remote; the summary says where.
+    record = json.loads((workspace / f"dvc-remote/lineage/days/{DAY}.json").read_text())
+    assert record["day"] == DAY
+    lines = summary.run(workspace)
+    assert f"  published to: {workspace / 'dvc-remote'}" in lines
     metrics = json.loads((workspace / "work/evaluate/metrics.json").read_text())
     assert metrics["day"] == DAY and metrics["champion"] is None
     assert 0.0 <= metrics["candidate"]["auc_click"] <= 1.0
