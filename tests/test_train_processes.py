@@ -147,3 +147,16 @@ def test_a_failing_rank_fails_the_command_and_leaves_no_output(completed_run, tm
     assert "rank 1 fails on purpose" in result.stdout + result.stderr
     assert time.monotonic() - started < 300  # torchrun stopped rank 0; it did not wait out a timeout
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
+def test_the_knob_takes_a_whole_number_of_at_least_one(value):
+    from pipeline import launch
+
+    with pytest.raises(ValueError, match="compute.train_processes"):
+        launch.processes({"compute": {"train_processes": value}})
+    assert launch.processes({"compute": {}}) == 1
+    assert launch.processes({"compute": {"train_processes": 3}}) == 3
+    command = launch.torchrun_command(3, ["train", "--day", DAY])
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--nproc-per-node=3" in command and command[-4:] == ["pipeline", "train", "--day", DAY]
