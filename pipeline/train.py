@@ -3,7 +3,9 @@
 The training slice's last requests are held back in two parts: the very last calibrate the click
 probabilities after weighted training, the ones before them stop training early. With --checkpoints
 a run leaves resumable checkpoints there, and a killed run started again resumes from the newest
-one whose inputs match, ending with the same weights. Under torchrun, rank 0 writes the outputs.
+one whose inputs match, ending with the same weights. With compute.train_processes N > 1 the command
+relaunches itself under torchrun (pipeline/launch.py): N ranks train with DistributedDataParallel and
+rank 0 alone writes the outputs, once every rank has finished training.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline import launch
 from pipeline.atomic import atomic_dir, write_json_atomic
 from pipeline.params import load_params, stage_seed
 
@@ -48,11 +51,13 @@ def _round(value):
     return None if value is None else round(value, 6)
 
 
-def fingerprint(day: str, params: dict, x, weights) -> str:
-    """What a checkpoint must match to be resumed: the knobs, the day and the training rows themselves."""
-    digest = hashlib.sha256(json.dumps([day, params["seed"], params["ranker"], params["train"],
-                                        x.numeric_names, x.categorical_names],
-                                       sort_keys=True, default=str).encode())
+def fingerprint(day: str, params: dict, x, weights, world_size: int = 1) -> str:
+    """What a checkpoint must match to be resumed: the knobs, the day, the training rows themselves and
+    the number of ranks (a step's batch and a checkpoint's place in the epoch depend on it)."""
+    parts = [day, params["seed"], params["ranker"], params["train"], x.numeric_names, x.categorical_names]
+    if world_size > 1:  # one rank keeps the fingerprint it always had: its checkpoints stay resumable
+        parts.append({"world_size": world_size})
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
     for tensor in (x.dense, x.ids, x.numeric, x.categorical, x.position, x.click, x.purchase, *x.text_indices):
         digest.update(tensor.numpy().tobytes())
     digest.update(weights.astype("float32").tobytes())
@@ -80,6 +85,8 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
 
     cfg = params["train"]
     seed = stage_seed(params, "train")
+    if launch.launched():
+        launch.exit_on_sigterm()
     device = setup(params, seed)
     data = load_day(data_dir, day, embeddings_dir, params)
     in_train = data.impressions.iloc[data.train_index].reset_index(drop=True)
@@ -105,12 +112,13 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
     model = ranker.new_model(data.x.text_dim, params["ranker"], seed, train_x, tower=tower, weights=weights)
     validation = (data.x.subset(validation_rows), all_weights[validation_mask]) if len(validation_rows) else None
     leader = int(os.environ.get("RANK", 0)) == 0
+    world = int(os.environ.get("WORLD_SIZE", 1))
     started = time.perf_counter()
     with tqdm(total=len(rows) * cfg["epochs"], desc="train", unit="row", unit_scale=True, disable=not leader) as bar:
         result = training.fit(model, train_x, weights, cfg, seed, device, cfg["epochs"],
                               loss_fn=ranker.per_sample_loss, validation=validation, checkpoint_dir=checkpoints,
-                              fingerprint=fingerprint(day, params, train_x, weights), progress=bar)
-    world = int(os.environ.get("WORLD_SIZE", 1))
+                              fingerprint=fingerprint(day, params, train_x, weights, world), progress=bar)
+    # Waits for every rank: a rank that failed in training stops the command before anything is written.
     training.stop_distributed()
     if not leader:
         return {}
@@ -148,7 +156,20 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
     return metrics
 
 
+def command_line(args: argparse.Namespace) -> list[str]:
+    """This command's arguments again, for the ranks torchrun starts."""
+    argv = ["train", "--data", args.data, "--day", args.day, "--embeddings", args.embeddings,
+            "--weights", args.weights, "--params", args.params, "--out", args.out]
+    for flag, value in (("--encoder", args.encoder), ("--checkpoints", args.checkpoints)):
+        if value is not None:
+            argv += [flag, value]
+    return argv
+
+
 def main(args: argparse.Namespace) -> int:
-    run(args.data, args.day, args.embeddings, args.weights, args.out, load_params(args.params), args.checkpoints,
-        args.encoder)
+    params = load_params(args.params)
+    processes = launch.processes(params)
+    if processes > 1 and not launch.launched():
+        launch.exec_torchrun(processes, command_line(args))  # does not return
+    run(args.data, args.day, args.embeddings, args.weights, args.out, params, args.checkpoints, args.encoder)
     return 0

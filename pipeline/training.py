@@ -2,10 +2,13 @@
 DataLoader workers, early stopping on a validation slice, checkpoints that a killed run resumes from to
 the same final weights, and DistributedDataParallel when launched by torchrun.
 
-Under torchrun (WORLD_SIZE set) every rank walks the same shuffled order and takes its share of each
-batch; the loss is scaled so that DDP's gradient average equals the gradient of the whole batch's
-weighted mean. Rank 0 alone writes checkpoints (and, in the train stage, outputs). Without torchrun
-the same code runs as a world of one.
+Under torchrun (WORLD_SIZE set) every rank walks the same shuffled order (same seed on every rank)
+and each step takes a global micro-batch of world size x batch_size rows, of which every rank gets a
+disjoint batch_size share; the loss is scaled so that DDP's gradient average equals the gradient of
+the global batch's weighted mean (the importance weights apply per row). N ranks therefore take N
+times fewer, N times larger steps than one: other weights than one process, the same for a given N.
+Rank 0 alone writes checkpoints (and, in the train stage, outputs); every rank resumes from them.
+Without torchrun the same code runs as a world of one, exactly as before.
 """
 from __future__ import annotations
 
@@ -98,6 +101,9 @@ def start_distributed(device: str) -> tuple[World, str]:
 
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device.startswith("cuda"):
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"rank {local_rank} has no GPU: {os.environ['WORLD_SIZE']} processes on a machine "
+                               f"with {torch.cuda.device_count()} (compute.train_processes: at most one per GPU)")
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -106,9 +112,12 @@ def start_distributed(device: str) -> tuple[World, str]:
 
 
 def stop_distributed() -> None:
+    """Leave the process group once every rank got here: a rank that failed before never arrives, and
+    torchrun then stops the others while they wait, so no rank goes on to write outputs."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -124,9 +133,11 @@ class _Gather:
 
 
 def _batches(order: torch.Tensor, batch_size: int, start: int, world: World) -> list[torch.Tensor]:
-    """The epoch's micro-batches from `start` on, each cut to this rank's share."""
-    return [order[i:i + batch_size][world.rank::world.size]
-            for i in range(start * batch_size, len(order), batch_size)]
+    """The epoch's global micro-batches (world.size x batch_size rows) from `start` on, each cut to this
+    rank's share: disjoint across ranks, together the whole epoch (DistributedSampler without padding,
+    so no row counts twice; the last batch's shares may be short)."""
+    size = batch_size * world.size
+    return [order[i:i + size][world.rank::world.size] for i in range(start * size, len(order), size)]
 
 
 def _loader(x: Features, batches: list[torch.Tensor], knobs: LoopKnobs, device: str):
@@ -161,12 +172,16 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        trained = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
-    store = Checkpoints(checkpoint_dir, fingerprint) if checkpoint_dir and world.leader else None
+        # Every parameter takes part in every step (no find_unused_parameters); the buffers (calibration,
+        # feature scaling) are fixed while training and built alike on every rank: no broadcasts.
+        trained = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None,
+                                          broadcast_buffers=False)
+    # Every rank resumes from the same checkpoint (the ranks must agree on the step); rank 0 writes them.
+    store = Checkpoints(checkpoint_dir, fingerprint) if checkpoint_dir else None
     state = _LoopState()
     resumed = store.latest() if store is not None else None
     if resumed is not None:
-        state = _restore(resumed, model, optimizer, generator)
+        state = _restore(resumed, model, optimizer, generator, world)
     result = FitResult(history=state.history, validation_history=state.validation_history,
                        resumed_from_step=state.step if resumed is not None else None)
     if progress is not None and state.step:
@@ -180,7 +195,7 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
         for index, gathered in _loader(x, batches, knobs, device):
             group.append((index, gathered))
             state.next_batch += 1
-            if len(group) < knobs.accumulation_steps and state.next_batch * knobs.batch_size < len(x):
+            if len(group) < knobs.accumulation_steps and state.next_batch * knobs.batch_size * world.size < len(x):
                 continue
             _step(trained, on_device, w, group, knobs, device, world, optimizer, loss_fn, state)
             if progress is not None:
@@ -189,12 +204,12 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
             if knobs.max_steps is not None and state.step >= knobs.max_steps:
                 break
             if store is not None and knobs.checkpoint_every_steps and state.step % knobs.checkpoint_every_steps == 0:
-                store.save(state, model, optimizer, generator)
-        state.history.append(state.total / max(state.seen, 1e-8))
+                store.save(state, model, optimizer, generator, world)
+        state.history.append(_all_ranks_mean(state.total, state.seen, world, device))
         state.epoch += 1
         state.order, state.next_batch = None, 0
         if validation is not None:
-            loss = weighted_loss(model, validation[0], validation[1], device, loss_fn)
+            loss = _leaders(weighted_loss(model, validation[0], validation[1], device, loss_fn), world, device)
             state.validation_history.append(loss)
             model.train()
             if state.best_loss is None or loss < state.best_loss - knobs.min_delta:
@@ -206,12 +221,50 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
         if knobs.max_steps is not None and state.step >= knobs.max_steps:
             break
         if store is not None and knobs.checkpoint_every_steps:
-            store.save(state, model, optimizer, generator)  # epoch boundaries too: the validation state
+            store.save(state, model, optimizer, generator, world)  # epoch boundaries too: the validation state
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
     result.steps, result.best_epoch = state.step, state.best_epoch
     model.eval()
     return result
+
+
+def _all_ranks_mean(total: float, seen: float, world: World, device: str) -> float:
+    """The epoch's weighted loss over every rank's rows (each rank summed only its own)."""
+    if world.size > 1:
+        import torch.distributed as dist
+
+        sums = torch.tensor([total, seen], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        total, seen = (float(v) for v in sums)
+    return total / max(seen, 1e-8)
+
+
+def _leaders(value: float, world: World, device: str) -> float:
+    """Rank 0's value on every rank: early stopping must stop all ranks at the same epoch, even where
+    a GPU's rounding differs between ranks."""
+    if world.size > 1:
+        import torch.distributed as dist
+
+        shared = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.broadcast(shared, src=0)
+        value = float(shared)
+    return value
+
+
+def _rank_states(world: World, state: "_LoopState") -> list[tuple]:
+    """Every rank's (CPU random state, CUDA random state, epoch loss sum, weight sum) for rank 0's
+    checkpoint: each rank draws its own dropout masks and sums its own rows, and a resumed run must go
+    on with exactly those."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    mine = (torch.get_rng_state(), cuda, state.total, state.seen)
+    if world.size == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    states: list = [None] * world.size
+    dist.all_gather_object(states, mine)  # between this run's own ranks, in memory
+    return states
 
 
 @dataclass
@@ -278,7 +331,11 @@ class Checkpoints:
     def __init__(self, folder: str | Path, fingerprint: str):
         self.folder, self.fingerprint = Path(folder), fingerprint
 
-    def save(self, state: _LoopState, model, optimizer, generator: torch.Generator) -> None:
+    def save(self, state: _LoopState, model, optimizer, generator: torch.Generator, world: World = World()) -> None:
+        """Called on every rank at the same step (the random states are gathered); rank 0 writes."""
+        ranks = _rank_states(world, state)
+        if not world.leader:
+            return
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         if state.best_state is not None:
             tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in state.best_state.items()})
@@ -286,9 +343,11 @@ class Checkpoints:
         for slot, values in optim["state"].items():
             for name, value in values.items():
                 tensors[f"optim.{slot}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        tensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        for rank, (cpu, cuda, _, _) in enumerate(ranks):
+            suffix = f".{rank}" if rank else ""  # rank 0's under the names one process always used
+            tensors[f"rng.torch{suffix}"] = cpu
+            if cuda is not None:
+                tensors[f"rng.cuda{suffix}"] = cuda
         tensors["rng.order"] = generator.get_state()
         if state.order is not None:
             tensors["order"] = state.order
@@ -297,6 +356,8 @@ class Checkpoints:
                 "validation_history": state.validation_history, "best_loss": state.best_loss,
                 "best_epoch": state.best_epoch, "bad_epochs": state.bad_epochs,
                 "param_groups": optim["param_groups"]}
+        if world.size > 1:
+            meta["ranks"] = [{"total": total, "seen": seen} for _, _, total, seen in ranks]
         with atomic_dir(self.folder / f"{CHECKPOINT_PREFIX}{state.step:09d}") as tmp:
             save_file(tensors, str(tmp / "state.safetensors"))
             (tmp / "state.json").write_text(json.dumps(meta))
@@ -321,7 +382,8 @@ class Checkpoints:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _restore(saved: tuple[dict, dict], model, optimizer, generator: torch.Generator) -> _LoopState:
+def _restore(saved: tuple[dict, dict], model, optimizer, generator: torch.Generator,
+             world: World = World()) -> _LoopState:
     meta, tensors = saved
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
@@ -331,13 +393,16 @@ def _restore(saved: tuple[dict, dict], model, optimizer, generator: torch.Genera
             _, slot, name = key.split(".", 2)
             slots.setdefault(int(slot), {})[name] = value
     optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    suffix = f".{world.rank}" if world.rank else ""
+    torch.set_rng_state(tensors[f"rng.torch{suffix}"])
+    if f"rng.cuda{suffix}" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"])
     generator.set_state(tensors["rng.order"])
-    print(f"training: resumed from step {meta['step']} (epoch {meta['epoch'] + 1}, batch {meta['next_batch']})")
+    if world.leader:
+        print(f"training: resumed from step {meta['step']} (epoch {meta['epoch'] + 1}, batch {meta['next_batch']})")
+    sums = meta["ranks"][world.rank] if "ranks" in meta else meta
     return _LoopState(epoch=meta["epoch"], next_batch=meta["next_batch"], step=meta["step"],
-                      order=tensors.get("order"), total=meta["total"], seen=meta["seen"],
+                      order=tensors.get("order"), total=sums["total"], seen=sums["seen"],
                       history=list(meta["history"]), validation_history=list(meta["validation_history"]),
                       best_loss=meta["best_loss"], best_epoch=meta["best_epoch"], bad_epochs=meta["bad_epochs"],
                       best_state=best or None)

@@ -1,5 +1,6 @@
 """The train stage's loop: a run killed mid-way resumes to the same weights, early stopping keeps the
-best epoch, gradient accumulation and torchrun (DDP) give the gradient of the same batch."""
+best epoch, gradient accumulation and torchrun (DDP, each rank a share of every step's batch) give
+the gradient of the same batch."""
 import os
 import signal
 import subprocess
@@ -153,18 +154,24 @@ def torchrun(nproc: int):
 
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_torchrun_trains_like_one_process(completed_run, tmp_path, nproc):
-    """DDP on CPU (gloo): one rank gives the same weights as a plain run; two ranks, each with half of
-    every batch, the same up to float rounding (without dropout, whose masks differ per rank)."""
-    params = train_params(completed_run, tmp_path, "ddp", epochs=1, batch_size=64,
-                          early_stopping={"patience": 0, "min_delta": 0.0})
-    raw = yaml.safe_load(params.read_text())
-    raw["ranker"]["dropout"] = 0.0
-    params.write_text(yaml.safe_dump(raw))
-    train(completed_run, params, tmp_path / "plain")
-    result = subprocess.run(train_cmd(completed_run, params, tmp_path / "ddp", launcher=torchrun(nproc)),
+    """DDP on CPU (gloo): one rank gives the same weights as a plain run. Two ranks, each with a
+    disjoint batch of 64 rows per step, train like one process with batches of 128 (the same shuffled
+    order), up to float rounding (without dropout, whose masks differ per rank)."""
+    def params_with(name, batch_size):
+        path = train_params(completed_run, tmp_path, name, epochs=1, batch_size=batch_size,
+                            early_stopping={"patience": 0, "min_delta": 0.0})
+        raw = yaml.safe_load(path.read_text())
+        raw["ranker"]["dropout"] = 0.0
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    train(completed_run, params_with("plain", 64 * nproc), tmp_path / "plain")
+    result = subprocess.run(train_cmd(completed_run, params_with("ddp", 64), tmp_path / "ddp",
+                                      launcher=torchrun(nproc)),
                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert metrics(tmp_path / "ddp")["world_size"] == nproc
+    assert metrics(tmp_path / "ddp")["steps"] == metrics(tmp_path / "plain")["steps"]
     a, b = weights(tmp_path / "plain"), weights(tmp_path / "ddp")
     for key in a:
         if nproc == 1:
