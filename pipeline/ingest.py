@@ -56,7 +56,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.atomic import atomic_dir
+from pipeline.atomic import atomic_dir, pid_alive
 from pipeline.contract import (
     CATALOG_SCHEMA,
     EXTRA_FEATURE_PREFIX,
@@ -845,21 +845,11 @@ def quarantine_names(paths: list[str]) -> dict[str, str]:
     return {p: f"{name}.parquet" for p, name in names.items()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_dead_staging(out: Path) -> None:
     """Staging left behind by an ingest that was killed (its process is gone)."""
     for folder in out.glob(".ingest-staging-*"):
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -1,6 +1,6 @@
 """Operations against a real Airflow scheduler (LocalExecutor on SQLite, api-server, dag-processor):
 a three-day `airflow backfill create` with three runs active at once, a data-triggered run and a
-manual run (of a broken day) beside it, the train stage of the first day SIGKILLed mid-way and
+second one (of a broken day) beside it, the train stage of the first day SIGKILLed mid-way and
 completed by Airflow's retry, and the broken day's failure posted to a webhook.
 
 One deployment serves every test here: it runs the whole scenario once and the tests read what it
@@ -106,9 +106,11 @@ def deployment(tmp_path_factory):
                         "--to-date", BACKFILLED[-1], "--max-active-runs", "3")
         # Beside the backfill: the fourth day lands, and its announcement triggers a retrain of it.
         airflow.airflow("dags", "trigger", "sieve_raw_landed", "--conf", json.dumps({"day": LANDED}))
-        airflow.wait_for_runs("sieve_raw_landed", 1, timeout=300)
-        # And a manual run of the broken day (logical date: midnight after it).
-        airflow.airflow("dags", "trigger", "sieve_retrain", "--logical-date", "2026-11-06T00:00:00+00:00")
+        airflow.wait_for(lambda: any(r["run_type"] == "asset_triggered" for r in airflow.runs("sieve_retrain")),
+                         300, "the landed day's retrain run")
+        # Then the broken day lands (a separate event, after the first one's run was created: its own run).
+        airflow.airflow("dags", "trigger", "sieve_raw_landed", "--conf", json.dumps({"day": BROKEN}))
+        airflow.wait_for_runs("sieve_raw_landed", 2, timeout=300)
         runs = airflow.wait_for_runs("sieve_retrain", 5, timeout=1800)
         killer.stop.set()
         tasks = {r["dag_run_id"]: airflow.task_instances("sieve_retrain", r["dag_run_id"]) for r in runs}
@@ -184,7 +186,7 @@ def test_killed_train_leaves_nothing_half_written_and_the_retry_matches_an_unint
 
 
 def test_a_landed_day_triggers_a_retrain_of_that_day(deployment):
-    assert [r["state"] for r in deployment["landed"]] == ["success"]
+    assert [r["state"] for r in deployment["landed"]] == ["success", "success"]
     run = run_days(deployment)[LANDED]
     assert run["run_type"] == "asset_triggered" and run["state"] == "success"
     summary = json.loads((deployment["workspace"] / f"work/validate/dt={LANDED}/summary.json").read_text())
@@ -193,7 +195,7 @@ def test_a_landed_day_triggers_a_retrain_of_that_day(deployment):
 
 def test_a_failed_run_writes_a_failure_event_and_posts_it_to_the_webhook(deployment):
     run = run_days(deployment)[BROKEN]
-    assert run["run_type"] == "manual" and run["state"] == "failed"
+    assert run["run_type"] == "asset_triggered" and run["state"] == "failed"
     states = {t["task_id"]: t["state"] for t in deployment["tasks"][run["dag_run_id"]]}
     assert states["validate"] == "failed" and states["train"] == "upstream_failed"
     assert states["release_workspace"] == "success"
