@@ -8,15 +8,17 @@ import pytest
 import yaml
 
 from conftest import DAY, make_workspace, repro, run, simulate, tiny_params
+from pipeline import lease
 
 pytestmark = pytest.mark.slow
 
 SHARDS = 2
 
 
-def start_repro(workspace, *stages):
+def start_repro(workspace, holder, *stages):
     return subprocess.Popen([sys.executable, "-m", "pipeline", "repro", "--workspace", str(workspace), "--day", DAY,
-                             *stages], cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--holder", holder, *stages], cwd=workspace, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def set_params(workspace, **importance):
@@ -33,8 +35,11 @@ def sharded(tmp_path_factory):
     workspace = make_workspace(tmp_path_factory.mktemp("sharded") / "ws", params)
     simulate(workspace, DAY)
     repro(workspace, DAY, "validate", "corpus", "pretrain")
-    procs = [start_repro(workspace, f"importance_shard@{k}") for k in range(SHARDS)]
+    # As the DAG's mapped tasks do: one run holds the workspace's lease, its shard stages share it.
+    assert lease.acquire(workspace, "run-1", DAY, stale_after=60) is None
+    procs = [start_repro(workspace, "run-1", f"importance_shard@{k}") for k in range(SHARDS)]
     outputs = [proc.communicate()[0] for proc in procs]
+    lease.release(workspace, "run-1")
     for proc, output in zip(procs, outputs):
         assert proc.returncode == 0, output
     combine = repro(workspace, DAY, "importance")
