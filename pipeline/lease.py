@@ -19,17 +19,19 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import sys
+import os
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.atomic import dumps_json, write_bytes_atomic
+from pipeline.atomic import dumps_json, pid_alive, write_bytes_atomic
 
 LEASE = Path("run") / "lease.json"
 HISTORY = Path("run") / "leases.jsonl"
 GUARD = Path("run") / ".lease.lock"
+CLI_PREFIX = "cli:"
 
 
 class LeaseHeld(Exception):
@@ -81,6 +83,8 @@ def acquire(workspace: str | Path, holder: str, day: str, stale_after: float, qu
         lease = read(workspace) or {"holder": None, "waiting": {}}
         if lease["holder"] == holder:
             return None
+        if lease["holder"] is not None and dead_command(lease["holder"]):
+            lease = given_back(workspace, lease, forced=True)
         t = now()
         waiting = {h: w for h, w in lease.get("waiting", {}).items()
                    if t - w["seen_at"] <= stale_after and h != lease["holder"]}
@@ -112,12 +116,31 @@ def release(workspace: str | Path, holder: str | None = None) -> dict | None:
         lease = read(workspace)
         if not lease or lease["holder"] is None or (holder is not None and lease["holder"] != holder):
             return None
-        record = {"holder": lease["holder"], "day": lease["day"], "acquired_at": lease["acquired_at"],
-                  "released_at": stamp(now()), "forced": holder is None}
-        with open(workspace / HISTORY, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
-        write(workspace, {"holder": None, "waiting": lease.get("waiting", {})})
-        return record
+        return given_back(workspace, lease, forced=holder is None)["released"]
+
+
+def given_back(workspace: Path, lease: dict, forced: bool) -> dict:
+    """Free the lease and log who held it (the caller holds the guard)."""
+    record = {"holder": lease["holder"], "day": lease["day"], "acquired_at": lease["acquired_at"],
+              "released_at": stamp(now()), "forced": forced}
+    with open(workspace / HISTORY, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+    freed = {"holder": None, "waiting": lease.get("waiting", {})}
+    write(workspace, freed)
+    return {**freed, "released": record}
+
+
+def command_holder() -> str:
+    """The holder name of a `pipeline repro` run by hand: this host and process."""
+    return f"{CLI_PREFIX}{socket.gethostname()}:{os.getpid()}"
+
+
+def dead_command(holder: str) -> bool:
+    """A by-hand holder on this host whose process is gone (killed before it gave the lease back)."""
+    if not holder.startswith(CLI_PREFIX):
+        return False
+    host, _, pid = holder[len(CLI_PREFIX):].rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
 
 def mark_prepared(workspace: str | Path, holder: str) -> None:

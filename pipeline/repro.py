@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import re
 import shutil
 import subprocess
@@ -194,7 +193,7 @@ def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = S
             lease.mark_prepared(workspace, holder)
         return run_stages(workspace, day, stages)
     # By hand: hold the lease for this command only, and refuse to run inside another run.
-    holder = f"cli:{socket.gethostname()}:{os.getpid()}"
+    holder = lease.command_holder()
     waits = lease.acquire(workspace, holder, day, stale_after=lease.stale_after(params), queue=False)
     if waits is not None:
         print(f"repro: the workspace is busy: {waits}; try again when that run has ended "

@@ -124,8 +124,8 @@ def acquire_workspace() -> PokeReturnValue:
 
 
 def finished(context, dag_id: str, run_id: str) -> bool:
-    if run_id.startswith("cli:"):
-        return False
+    if run_id.startswith(lease.CLI_PREFIX):
+        return False  # a by-hand holder: the lease itself frees it when its process is gone
     try:
         return context["ti"].get_dagrun_state(dag_id=dag_id, run_id=run_id) in ("success", "failed")
     except Exception:  # a run of another DAG, or one deleted from the database: cannot tell

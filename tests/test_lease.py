@@ -103,3 +103,15 @@ def test_repro_by_hand_refuses_to_run_inside_another_run(workspace):
     subprocess.run([sys.executable, "-m", "pipeline", "lease", "--workspace", str(workspace), "--break"],
                    check=True, capture_output=True)
     assert lease.read(workspace)["holder"] is None
+
+
+def test_a_by_hand_holder_that_was_killed_does_not_keep_the_lease(tmp_path, clock):
+    dead = subprocess.run([sys.executable, "-c", "from pipeline import lease; print(lease.command_holder())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert lease.acquire(tmp_path, dead, DAY, STALE) is None
+    assert lease.acquire(tmp_path, "scheduled__2026-11-02", DAY, STALE) is None
+    assert lease.history(tmp_path)[-1] == {**lease.history(tmp_path)[-1], "holder": dead, "forced": True}
+    # A live one (this process) keeps it.
+    lease.release(tmp_path, "scheduled__2026-11-02")
+    assert lease.acquire(tmp_path, lease.command_holder(), DAY, STALE) is None
+    assert lease.acquire(tmp_path, "scheduled__2026-11-03", DAY, STALE) is not None
