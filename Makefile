@@ -52,5 +52,7 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
+# Everything the demo made, DVC's cache included: with its run cache left, a rerun would restore the
+# promote stage's outputs from it without writing the (deleted) registry.
 clean:
-	rm -rf work run registry events dvc-remote .airflow .airflow-migrate.log data
+	rm -rf work run registry events dvc-remote .airflow .airflow-migrate.log data dvc.lock .dvc/cache .dvc/tmp

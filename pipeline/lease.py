@@ -108,15 +108,16 @@ def acquire(workspace: str | Path, holder: str, day: str, stale_after: float, qu
         return f"{first!r} waits for an earlier day ({waiting[first]['day']})"
 
 
-def release(workspace: str | Path, holder: str | None = None) -> dict | None:
+def release(workspace: str | Path, holder: str | None = None, taken_over: bool = False) -> dict | None:
     """Give the lease back. With a holder, only that holder's lease is given back (a teardown of a
-    run that never got it must not free another run's); without one, whoever holds it loses it."""
+    run that never got it must not free another run's); without one, whoever holds it loses it.
+    `taken_over`: someone else gives it back for a holder that ended without doing so (logged forced)."""
     workspace = Path(workspace)
     with guarded(workspace):
         lease = read(workspace)
         if not lease or lease["holder"] is None or (holder is not None and lease["holder"] != holder):
             return None
-        return given_back(workspace, lease, forced=holder is None)["released"]
+        return given_back(workspace, lease, forced=holder is None or taken_over)["released"]
 
 
 def given_back(workspace: Path, lease: dict, forced: bool) -> dict:

@@ -116,7 +116,7 @@ def acquire_workspace() -> PokeReturnValue:
     # A run that ended without its teardown (marked failed by hand, say) would hold the lease forever.
     if current and current.get("holder") not in (None, holder) and finished(context, dag_id, current["holder"]):
         print(f"taking the lease over from {current['holder']!r}: that run has ended")
-        lease.release(ws, current["holder"])
+        lease.release(ws, current["holder"], taken_over=True)
     waits = lease.acquire(ws, holder, run_day(context), stale_after=KNOBS["lease"]["stale_after_seconds"],
                           settle=KNOBS["lease"]["poke_seconds"])
     print(f"holds the lease of {ws}" if waits is None else f"waiting: {waits}")

@@ -71,6 +71,10 @@ def test_only_the_holder_gives_it_back_unless_broken(tmp_path, clock):
     broken = lease.release(tmp_path)
     assert broken["holder"] == "run-a" and broken["forced"] is True
     assert lease.read(tmp_path)["holder"] is None
+    lease.acquire(tmp_path, "run-b", DAY, STALE)
+    assert lease.release(tmp_path, "run-b")["forced"] is False
+    lease.acquire(tmp_path, "run-c", DAY, STALE)
+    assert lease.release(tmp_path, "run-c", taken_over=True)["forced"] is True
 
 
 def test_the_run_context_is_marked_written_for_its_holder_only(tmp_path, clock):
