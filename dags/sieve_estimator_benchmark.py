@@ -7,23 +7,17 @@ selection/estimator.json, tracked by DVC. The next sieve_retrain run reads it (i
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import CronDataIntervalTimetable, dag, task
-from sieve_tasks import KNOBS, notify_failure, workspace
+from sieve_tasks import KNOBS, retry_args, run_pipeline, workspace
 
 
 @task(task_id="select_estimator")
 def select_estimator(data_interval_start=None, data_interval_end=None, logical_date=None):
     # The interval's last whole day: the run at Monday 00:00 benchmarks the days up to Sunday.
     until = ((data_interval_end or logical_date) - timedelta(days=1)).astimezone(timezone.utc).date().isoformat()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "select", "--workspace", workspace(), "--until", until],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    print(proc.stdout, end="")
-    if proc.returncode:
-        raise RuntimeError(f"select failed for the days up to {until} (exit {proc.returncode})")
+    run_pipeline(["select", "--workspace", workspace(), "--until", until], "select", until)
 
 
 @dag(
@@ -32,8 +26,7 @@ def select_estimator(data_interval_start=None, data_interval_end=None, logical_d
     start_date=datetime.fromisoformat(KNOBS["start_date"]).replace(tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": KNOBS["retries"], "retry_delay": timedelta(seconds=KNOBS["retry_delay_seconds"]),
-                  "on_failure_callback": notify_failure},
+    default_args=retry_args(),
     tags=["sieve", "importance"],
     doc_md=__doc__,
 )

@@ -8,12 +8,11 @@ that day (on top of its daily schedule). A producer may also post the event itse
 """
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
-from sieve_tasks import KNOBS, RAW_DAY, notify_failure, workspace
+from sieve_tasks import RAW_DAY, retry_args, workspace
 
 from pipeline.days import parse_day
 from pipeline.repro import missing_inputs
@@ -36,8 +35,7 @@ def announce_day() -> str:
     dag_id="sieve_raw_landed",
     schedule=None,
     params={"day": Param(type="string", format="date", description="the day that landed, YYYY-MM-DD")},
-    default_args={"retries": KNOBS["retries"], "retry_delay": timedelta(seconds=KNOBS["retry_delay_seconds"]),
-                  "on_failure_callback": notify_failure},
+    default_args=retry_args(),
     tags=["sieve", "data"],
     doc_md=__doc__,
 )

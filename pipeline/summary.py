@@ -55,8 +55,10 @@ def run(workspace: str | Path) -> list[str]:
     lines.append(f"  champion: {champion['model_id'] + ' (trained on ' + champion['day'] + ')' if champion else 'none'}")
     if day and params.get("remote"):
         _, url = lineage.remote_settings(params, workspace)
-        record = f"{url.rstrip('/')}/{lineage.PREFIX}/{lineage.DAYS}/{day}.json"
-        published = Path(record).is_file() if not lineage.is_url(url) else None
+        try:
+            published = lineage.RecordStore(url).day(day) is not None
+        except Exception:  # an unreachable remote: say where, without a verdict
+            published = None
         lines.append(f"  published to: {url}" + {True: "", False: "  (not published)", None: ""}[published])
         lines.append(f"  lineage: python -m pipeline lineage --workspace {workspace}")
     return lines

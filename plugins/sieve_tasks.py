@@ -178,12 +178,20 @@ def webhook_url(conn) -> str:
     return f"{scheme}://{host}{port}{path}"
 
 
-def default_args() -> dict:
+def retry_args() -> dict:
+    """Every sieve task's: retries, and the failure notifier once they are spent."""
     return {
         "retries": KNOBS["retries"],
         "retry_delay": timedelta(seconds=KNOBS["retry_delay_seconds"]),
+        "on_failure_callback": notify_failure,
+    }
+
+
+def default_args() -> dict:
+    """The retrain's stage tasks': retries with backoff, and a time limit per stage."""
+    return {
+        **retry_args(),
         "retry_exponential_backoff": KNOBS["retry_backoff_multiplier"],
         "max_retry_delay": timedelta(seconds=KNOBS["max_retry_delay_seconds"]),
         "execution_timeout": timedelta(minutes=KNOBS["stage_timeout_minutes"]),
-        "on_failure_callback": notify_failure,
     }
