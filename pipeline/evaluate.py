@@ -71,22 +71,11 @@ def rounded(values: dict) -> dict:
 
 def champion_predictions(champion: dict, registry_dir: str, impressions, catalog, params: dict,
                          device: str) -> dict:
-    """Embed the slice's texts with the champion's own encoder, then score with its ranker."""
-    from pipeline import encoder as enc
-    from pipeline import features, ranker, registry, text_tower
-    from pipeline.embeddings import EmbeddingTable
+    """The champion's predictions, its texts embedded with its own encoder."""
+    from pipeline import registry
+    from pipeline.model_scoring import model_predictions
 
-    folder = registry.model_dir(registry_dir, champion)
-    tokenizer, model = enc.load_encoder(folder / "encoder")
-    texts = sorted(set(features.item_titles(impressions, catalog)) | set(impressions["query"].dropna()))
-    cfg = params["pretrain"]
-    table = EmbeddingTable(texts, enc.embed(model, tokenizer, texts, cfg["max_length"], cfg["embed_batch_size"], device))
-    x = features.build(impressions, catalog, table, params["ranker"]["max_position"])
-    champion_ranker = ranker.load(folder / "ranker")
-    if champion_ranker.config.tower_layers:  # its tuned layers read its own encoder's bottom layers
-        x.states = text_tower.cached_states(model, tokenizer, texts, champion_ranker.config.tower_layers, params,
-                                            device)
-    return ranker.predict(champion_ranker, x, device, with_position=True)
+    return model_predictions(registry.model_dir(registry_dir, champion), impressions, catalog, params, device)
 
 
 def scored_slices(scorer: Scorer, masks: dict, models: dict) -> dict:
