@@ -275,24 +275,40 @@ def check_state(found: dict, expected: dict, source) -> None:
 
 
 def calibrate(model: Ranker, x: Features, device: str, steps: int = 50) -> tuple[float, float]:
-    """Fit Platt scaling of the click logit (at the logged position) on `x`, unweighted; store it."""
+    """Fit Platt scaling of the click logit (at the logged position) on `x`, unweighted; store it.
+
+    Newton's method in float64 run to convergence: the fit is then a smooth function of the logits, so
+    two runs whose weights differ by float rounding get calibrations that differ by as little (an
+    iterative fit stopped after a fixed number of steps on this flat optimum moved by 1e-3)."""
     model.to(device).eval()
     with torch.no_grad():
         logits = torch.cat([sum(model(x.subset(torch.arange(s, min(s + 8192, len(x)))).to(device))[:2])
-                            for s in range(0, len(x), 8192)])
-    labels = x.click.to(device)
-    params = torch.tensor([1.0, 0.0], device=device, requires_grad=True)
-    optimizer = torch.optim.LBFGS([params], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(params[0] * logits + params[1], labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    a, b = (float(v) for v in params.detach().cpu())
-    if not (a > 0 and np.isfinite(a) and np.isfinite(b)):
-        a, b = 1.0, 0.0  # a degenerate slice (one class, say) must not flip or break the ranking
+                            for s in range(0, len(x), 8192)]).double().cpu().numpy()
+    a, b = platt_scaling(logits, x.click.double().numpy(), steps)
     model.click_calibration.copy_(torch.tensor([a, b]))
+    return a, b
+
+
+def platt_scaling(logits: np.ndarray, labels: np.ndarray, steps: int = 50) -> tuple[float, float]:
+    """(a, b) minimising the log loss of sigmoid(a * logit + b); the identity when the slice cannot
+    tell (one class, no spread) or the fit would flip the ranking."""
+    a, b = 1.0, 0.0
+    if len(labels) == 0 or labels.min() == labels.max():
+        return a, b
+    design = np.column_stack([logits, np.ones_like(logits)])
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(a * logits + b)))
+        gradient = design.T @ (p - labels)
+        hessian = (design * (p * (1 - p))[:, None]).T @ design + 1e-9 * np.eye(2)
+        try:
+            delta = np.linalg.solve(hessian, gradient)
+        except np.linalg.LinAlgError:
+            return 1.0, 0.0
+        a, b = a - float(delta[0]), b - float(delta[1])
+        if not (np.isfinite(a) and np.isfinite(b)):
+            return 1.0, 0.0
+        if np.abs(delta).max() < 1e-12:
+            break
+    if not a > 0:
+        return 1.0, 0.0  # a degenerate slice must not flip or break the ranking
     return a, b

@@ -1,5 +1,6 @@
 """The ranker on synthetic tensors: calibration, safe save/load, position-free ranking score."""
 import numpy as np
+import pytest
 import torch
 
 from pipeline import ranker
@@ -29,6 +30,21 @@ def test_calibration_recovers_a_known_platt_scaling():
     assert abs(a - 3) < 0.6 and abs(b + 1) < 0.3
     p = ranker.predict(model, x, "cpu", with_position=True)["p_click"]
     assert abs(p.mean() - x.click.mean().item()) < 0.01
+
+
+def test_platt_scaling_matches_an_unpenalised_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0.0, 1.5, 4000)
+    labels = (rng.random(4000) < 1 / (1 + np.exp(-(0.7 * logits - 1.2)))).astype(float)
+    a, b = ranker.platt_scaling(logits, labels)
+    oracle = LogisticRegression(penalty=None, tol=1e-10, max_iter=1000).fit(logits[:, None], labels)
+    assert a == pytest.approx(oracle.coef_[0, 0], abs=1e-5) and b == pytest.approx(oracle.intercept_[0], abs=1e-5)
+    # Logits moved by float-rounding-sized amounts move the fit by as little.
+    nudged = ranker.platt_scaling(logits + rng.normal(0, 1e-5, len(logits)), labels)
+    assert abs(nudged[0] - a) < 1e-4 and abs(nudged[1] - b) < 1e-4
+    assert ranker.platt_scaling(logits, np.zeros_like(labels)) == (1.0, 0.0)  # one class: the identity
 
 
 def test_save_and_load_keep_calibration_and_predictions(tmp_path):

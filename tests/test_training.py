@@ -143,9 +143,17 @@ def test_one_step_and_gradient_accumulation(completed_run, tmp_path):
         path.write_text(yaml.safe_dump(params))
         train(completed_run, path, tmp_path / name)
     assert metrics(tmp_path / "b64")["steps"] == metrics(tmp_path / "b32x2")["steps"]
-    a, b = weights(tmp_path / "b64"), weights(tmp_path / "b32x2")
+    assert_trained_alike(weights(tmp_path / "b64"), weights(tmp_path / "b32x2"))
+
+
+def assert_trained_alike(a: dict, b: dict) -> None:
+    """Two trainings that differ only in float rounding: the trained weights within 1e-4; the Platt
+    scaling, fitted to convergence on the trained logits afterwards, moves with them by about their
+    rounding difference over the logits' spread, so it gets 1e-3 (a tenfold margin)."""
+    assert a.keys() == b.keys()
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-4), key
+        tolerance = 1e-3 if key == "click_calibration" else 1e-4
+        assert torch.allclose(a[key], b[key], atol=tolerance), (key, a[key], b[key])
 
 
 def torchrun(nproc: int):
@@ -173,8 +181,8 @@ def test_torchrun_trains_like_one_process(completed_run, tmp_path, nproc):
     assert metrics(tmp_path / "ddp")["world_size"] == nproc
     assert metrics(tmp_path / "ddp")["steps"] == metrics(tmp_path / "plain")["steps"]
     a, b = weights(tmp_path / "plain"), weights(tmp_path / "ddp")
-    for key in a:
-        if nproc == 1:
+    if nproc == 1:
+        for key in a:
             assert torch.equal(a[key], b[key]), key
-        else:
-            assert torch.allclose(a[key], b[key], atol=1e-4), key
+    else:
+        assert_trained_alike(a, b)
