@@ -17,11 +17,36 @@ CLICKED = np.array([0, 1, 0, 1, 1, 0, 0, 0])
 SCORES = np.array([0.9, 0.8, 0.1, 0.5, 0.3, 0.2, 0.6, 0.4])
 
 
-def test_ranks_within_each_group_by_descending_score_ties_by_row_order():
+def test_ranks_within_each_group_by_descending_score_ties_by_a_seeded_permutation():
     ranks = m.ranks_within(GROUPS, SCORES)
     assert ranks.tolist() == [1, 2, 4, 3, 1, 2, 1, 2]
-    tied = m.ranks_within(np.array(["x", "x", "y", "x"]), np.array([0.5, 0.5, 0.1, 0.5]))
-    assert tied.tolist() == [1, 2, 1, 3]
+    groups, tied_scores = np.array(["x", "x", "y", "x"]), np.array([0.5, 0.5, 0.1, 0.5])
+    tied = m.ranks_within(groups, tied_scores)
+    # The tied rows of x take ranks 1..3 in the order of the seeded permutation, the same on every call.
+    key = m.tie_breaker(4)
+    x_rows = [0, 1, 3]
+    expected = {row: r + 1 for r, row in enumerate(sorted(x_rows, key=lambda row: key[row]))}
+    assert tied.tolist() == [expected[0], expected[1], 1, expected[3]]
+    assert m.ranks_within(groups, tied_scores).tolist() == tied.tolist()
+
+
+def test_a_constant_score_gets_no_credit_from_the_logged_order():
+    """Rows come in the logged order, which here is the ideal one: a constant score must rank like a
+    random shuffle, not like the log."""
+    rng = np.random.default_rng(7)
+    groups = np.repeat(np.arange(2000), 10)
+    relevance = np.concatenate([np.sort(rng.random(10))[::-1] for _ in range(2000)])  # logged best first
+    clicked = (np.tile(np.arange(10), 2000) == 0).astype(int)                        # a click on top only
+    logged = m.ndcg_at_k(groups, relevance, -np.tile(np.arange(10), 2000), 3)
+    constant = m.ndcg_at_k(groups, relevance, np.zeros(len(groups)), 3)
+    shuffled = m.ndcg_at_k(groups, relevance, rng.random(len(groups)), 3)
+    assert logged == pytest.approx(1.0)
+    assert constant == pytest.approx(shuffled, abs=0.01) and constant < logged - 0.2
+    # MRR of the top-clicked rows: the log gets 1, a constant score about the mean of 1/rank over 10 places.
+    assert m.mrr(groups, clicked, np.zeros(len(groups))) == pytest.approx(np.mean(1 / np.arange(1, 11)), abs=0.02)
+    # Seeds move the tie order, not its distribution.
+    other = m.ndcg_at_k_from_ranks(groups, relevance, m.ranks_within(groups, np.zeros(len(groups)), seed=5), 3)
+    assert other == pytest.approx(constant, abs=0.02)
 
 
 def test_mrr_known_answer():
@@ -54,14 +79,16 @@ def test_ranking_metrics_are_none_without_any_relevant_row():
 
 
 def reference_ndcg(groups, gains, scores, k):
-    """The straightforward per-request loop, to check the vectorised one against."""
+    """The straightforward per-request loop, to check the vectorised one against (ties in the order of
+    the seeded permutation metrics documents)."""
     values = []
+    key = m.tie_breaker(len(groups))
     for g in pd.unique(groups):
         idx = np.flatnonzero(groups == g)
         gain = gains[idx]
         if gain.max() <= 0:
             continue
-        ranked = gain[np.argsort(-scores[idx], kind="stable")][:k]
+        ranked = gain[np.lexsort((key[idx], -scores[idx]))][:k]
         ideal = np.sort(gain)[::-1][:k]
         disc = 1 / np.log2(np.arange(2, k + 2))
         values.append((ranked * disc[:len(ranked)]).sum() / (ideal * disc[:len(ideal)]).sum())
@@ -89,9 +116,11 @@ def test_item_slice_is_scored_at_the_rank_in_the_whole_list():
 
 def test_direction_of_every_metric_evaluate_writes():
     assert [m.direction_of(n) for n in ("auc_click", "logloss_click", "ece_click", "auc_purchase",
-                                        "ndcg_at_10", "mrr", "recall_at_5")] == \
-        ["higher", "lower", "lower", "higher", "higher", "higher", "higher"]
+                                        "ndcg_at_10", "mrr", "recall_at_5", "ndcg_at_10_true",
+                                        "ndcg_at_5_ips", "score_spread")] == \
+        ["higher", "lower", "lower", "higher", "higher", "higher", "higher", "higher", "higher", "higher"]
     assert m.direction_of("ndcg_at") is None and m.direction_of("precision_at_10") is None
+    assert m.direction_of("ndcg_at_10_fake") is None and m.direction_of("ndcg_at_x_true") is None
 
 
 CFG = {"ndcg_k": 10, "recall_k": 2, "calibration_bins": 10,
