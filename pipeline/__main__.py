@@ -17,6 +17,7 @@ COMMANDS = {
     "evaluate": ("pipeline.evaluate", "score candidate and champion on the held-out slice"),
     "gate": ("pipeline.gate", "bless or reject the candidate against the champion"),
     "promote": ("pipeline.promote", "switch the champion pointer when the candidate is blessed"),
+    "score": ("pipeline.score", "score every impression of a day with the champion (or a named model) to Parquet"),
     "rollback": ("pipeline.rollback", "put the previous champion (or a named promoted model) back in service"),
     "benchmark": ("pipeline.benchmark", "compare the importance estimators on injected noise and pick one"),
     "select": ("pipeline.selection", "benchmark the recent days and make the winner the retrain's estimator"),
