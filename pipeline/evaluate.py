@@ -315,7 +315,8 @@ def scored_slices(scorer: Scorer, masks: dict, models: dict) -> dict:
     out = {}
     for name, mask in masks.items():
         rows = np.flatnonzero(mask)
-        out[name] = {"rows": int(len(rows)), "requests": int(len(np.unique(scorer.groups[rows])))}
+        out[name] = {"rows": int(len(rows)), "requests": int(len(np.unique(scorer.groups[rows]))),
+                     "clicks": int(scorer.clicked[rows].sum()), "purchases": int(scorer.purchased[rows].sum())}
         for model, scored in models.items():
             out[name][model] = None if scored is None else scorer.score(*scored, rows)
     return out
@@ -390,6 +391,7 @@ def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, p
                    truth={"available": truth is not None,
                           "rows_without_truth": None if relevance is None else int(np.isnan(relevance).sum())})
     result = {"day": day, "rows": int(len(impressions)), "requests": int(impressions["request_id"].nunique()),
+              "clicks": int(scorer.clicked.sum()), "purchases": int(scorer.purchased.sum()),
               "candidate": {**scorer.score(*models["candidate"]), "score_spread": ranking["score_spread"]["std"]},
               "champion": None if champion is None else scorer.score(*models["champion"]),
               "champion_id": None if champion is None else champion["model_id"],

@@ -146,7 +146,8 @@ def test_scorer_gives_none_not_half_on_a_one_class_slice():
     assert no_click["auc_click"] is None and no_click["mrr"] is None and no_click["ndcg_at_10"] is None
     assert no_click["logloss_click"] is not None
     out = scored_slices(scorer, {"request=c": np.arange(8) >= 6}, {"candidate": (p, ranks), "champion": None})
-    assert out == {"request=c": {"rows": 2, "requests": 1, "candidate": no_click, "champion": None}}
+    assert out == {"request=c": {"rows": 2, "requests": 1, "clicks": 0, "purchases": 0, "candidate": no_click,
+                                 "champion": None}}
 
 
 def write_day(root, day, items):

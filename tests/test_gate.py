@@ -123,7 +123,7 @@ def test_small_slice_is_skipped_not_failed():
     assert not decide(metrics(GOOD, GOOD, slices), CHECKS, SLICE_CHECKS, min_slice_rows=100)["blessed"]
 
 
-def test_metric_undefined_on_a_slice_is_skipped_but_fails_on_the_whole_slice():
+def test_metric_undefined_on_a_slice_or_the_whole_slice_is_skipped_with_the_reason():
     no_purchase = {"auc_click": 0.7, "logloss_click": 0.4, "auc_purchase": None}
     rules = {**SLICE_CHECKS, "auc_purchase": {"direction": "higher", "min_value": 0.5}}
     slices = {"category=Office": a_slice(600, no_purchase, no_purchase)}
@@ -131,7 +131,17 @@ def test_metric_undefined_on_a_slice_is_skipped_but_fails_on_the_whole_slice():
     decision = decide(metrics(overall, overall, slices), CHECKS, rules, min_slice_rows=500)
     assert decision["blessed"]
     assert [(s["slice"], s["metric"]) for s in decision["skipped"]] == [("category=Office", "auc_purchase")]
-    assert not decide(metrics({**GOOD, "auc_click": None}), CHECKS)["blessed"]
+    # On the whole slice: not enough evidence, with the reason why it is undefined.
+    no_clicks = {**metrics({**GOOD, "auc_click": None}, {**GOOD, "auc_click": None}), "rows": 800, "clicks": 0,
+                 "purchases": 0}
+    decision = decide(no_clicks, CHECKS)
+    assert decision["blessed"]
+    assert decision["skipped"] == [{"slice": "overall", "metric": "auc_click", "rows": 800,
+                                    "reason": "auc_click is undefined: no click among the 800 held-out rows, and "
+                                              "AUC needs rows with and without one: not enough evidence, skipped"}]
+    assert "not enough evidence for auc_click" in decision["reason"]
+    # Undefined for the candidate only (the champion has a value on the same rows): a failure.
+    assert not decide(metrics({**GOOD, "auc_click": None}, GOOD), CHECKS)["blessed"]
 
 
 def test_undefined_for_the_candidate_only_fails_on_a_slice():
