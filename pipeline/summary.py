@@ -33,6 +33,29 @@ def last_day(workspace: Path) -> str | None:
     return yaml.safe_load(context.read_text())["day"] if context.is_file() else None
 
 
+def ranking_lines(metrics: dict) -> list[str]:
+    """The primary ranking metric of the candidate, the champion and the trivial baselines per slice,
+    and the candidate's bootstrap intervals against the champion and the best baseline."""
+    ranking, primary = metrics.get("ranking"), metrics.get("primary_metric")
+    if not isinstance(ranking, dict) or not primary:
+        return []
+    lines = [f"  ranking ({primary}; spread of the candidate's score within requests: "
+             f"{(ranking.get('score_spread') or {}).get('std')}):"]
+    for slice_name, scored in (ranking.get("slices") or {}).items():
+        values = [f"{name} {entry.get(primary)}" for name, entry in scored.items()
+                  if isinstance(entry, dict) and entry.get(primary) is not None]
+        lines.append(f"    {slice_name:18s} " + ", ".join(values))
+    boot = metrics.get("bootstrap") or {}
+    level = boot.get("level")
+    for label, key in (("vs champion", "candidate_minus_champion"), ("vs best baseline", "candidate_minus_best_baseline")):
+        found = ((boot.get(key) or {}).get("overall") or {}).get(primary)
+        if found:
+            against = f" {found['baseline']}" if "baseline" in found else ""
+            lines.append(f"    {label}{against}: {found['diff']:+.4f} ({level:.0%} interval "
+                         f"{found['lower']:+.4f} .. {found['upper']:+.4f})")
+    return lines
+
+
 def run(workspace: str | Path) -> list[str]:
     workspace = Path(workspace).resolve()
     day = last_day(workspace)
@@ -46,6 +69,7 @@ def run(workspace: str | Path) -> list[str]:
         lines.append(f"  candidate metrics: {metrics['candidate']}")
         if metrics.get("champion"):
             lines.append(f"  champion metrics:  {metrics['champion']} ({metrics['champion_id']})")
+        lines.extend(ranking_lines(metrics))
     decision_file = workspace / "work/gate/decision.json"
     if decision_file.is_file():
         decision = json.loads(decision_file.read_text())

@@ -203,3 +203,20 @@ def test_ranking_comparison_reports_models_and_baselines_with_paired_intervals()
     again = comparison(lambda rel, rng: rel + rng.normal(0, 0.05, len(rel)),
                        lambda rel, rng: rel + rng.normal(0, 0.5, len(rel)))
     assert again == (ranking, boot)
+
+
+def test_summary_prints_the_ranking_beside_the_baselines():
+    from pipeline.summary import ranking_lines
+
+    ranking, boot = comparison(lambda rel, rng: rel + rng.normal(0, 0.05, len(rel)),
+                               lambda rel, rng: rel + rng.normal(0, 0.5, len(rel)), n_requests=60)
+    ranking["score_spread"] = {"std": 0.2}
+    lines = ranking_lines({"primary_metric": ranking["primary"], "ranking": ranking, "bootstrap": boot})
+    assert lines[0].startswith("  ranking (ndcg_at_3_true; spread of the candidate's score within requests: 0.2)")
+    overall = next(line for line in lines if line.strip().startswith("overall"))
+    for name in ("candidate", "champion", "random", "logging_order", "popularity"):
+        assert f"{name} {ranking['slices']['overall'][name]['ndcg_at_3_true']}" in overall
+    assert "encoder_cosine" in next(line for line in lines if "surface=search" in line)
+    assert any(line.strip().startswith("vs champion:") for line in lines)
+    assert any(line.strip().startswith("vs best baseline") for line in lines)
+    assert ranking_lines({"candidate": {}}) == []
