@@ -167,10 +167,13 @@ def refresh(model, tokenizer, texts: list[str], cfg: dict, seed: int, device: st
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"])
     losses: dict[str, list[float]] = {"mlm": [], "contrastive": []}
+    mlm_weight = float(cfg.get("mlm_weight", 1.0))
     for _ in range(cfg["max_steps"]):
-        batch_texts = [texts[i] for i in texts_batches.next()]
-        loss = mlm_loss(model, tokenizer, batch_texts, cfg, generator, device)
-        losses["mlm"].append(float(loss.detach().cpu()))
+        loss = torch.zeros((), device=device)
+        if mlm_weight > 0:  # 0: contrastive only (a sentence encoder's MLM head starts untrained)
+            batch_texts = [texts[i] for i in texts_batches.next()]
+            loss = mlm_weight * mlm_loss(model, tokenizer, batch_texts, cfg, generator, device)
+            losses["mlm"].append(float(loss.detach().cpu()) / mlm_weight)
         if pair_batches is not None:
             picked = [pairs[i] for i in pair_batches.next()]
             extra = contrastive_loss(model.base_model, tokenizer, [q for q, _ in picked], [t for _, t in picked],

@@ -5,10 +5,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import user_history
 from pipeline.contract import EXTRA_FEATURE_PREFIX
 from pipeline.embeddings import EmbeddingTable
 
-DENSE_FEATURES = ("query_title_cosine", "log_price", "price_missing", "is_search")
+# Rankers read the first dense_dim of these (a model saved before the history features reads 4).
+DENSE_FEATURES = ("query_title_cosine", "log_price", "price_missing", "is_search", *user_history.FEATURES)
 # Learned embeddings per value, looked up by hash bucket: an item, category or brand first seen at
 # serving time still gets a row (shared with whatever hashes beside it) instead of failing.
 # The rows hold model-independent hashes; each ranker folds them into its own number of buckets.
@@ -147,6 +149,16 @@ def title_indices(impressions: pd.DataFrame, catalog: pd.DataFrame, table: Embed
     return np.where(item_row >= 0, title_of_item[np.maximum(item_row, 0)], missing)
 
 
+def known_title_rows(frame: pd.DataFrame, catalog: pd.DataFrame, table: EmbeddingTable, missing: int) -> np.ndarray:
+    """Row of each item's title in `table`; `missing` for an item without a catalog title or whose
+    title the table lacks (an earlier day's click on an item the day does not show)."""
+    titles = catalog.drop_duplicates("item_id").set_index("item_id")["title"]
+    codes, uniques = pd.factorize(frame["item_id"])
+    rows = np.array([table._row.get(t, missing) if isinstance(t, str) else missing
+                     for t in pd.Series(np.asarray(uniques, dtype=object)).map(titles)], dtype=np.int64)
+    return np.where(codes >= 0, rows[np.maximum(codes, 0)] if len(rows) else missing, missing)
+
+
 HASH_RANGE = 2**31 - 1  # id hashes are kept in 1..HASH_RANGE-1 (int32); each model folds them into its buckets
 
 
@@ -188,7 +200,10 @@ def extra_columns(impressions: pd.DataFrame) -> tuple[list[str], np.ndarray, lis
 
 
 def build(impressions: pd.DataFrame, catalog: pd.DataFrame, table: EmbeddingTable,
-          max_position: int, chunk_rows: int = 32_768) -> Features:
+          max_position: int, chunk_rows: int = 32_768, history: pd.DataFrame | None = None,
+          recent_clicks: int = 10) -> Features:
+    """The impressions' model inputs. `history`: clicked rows (user_history.COLUMNS) the user-history
+    features read, each row only those strictly before it (None: the impressions' own clicks)."""
     texts = np.vstack([table.vectors.astype(np.float32, copy=False), np.zeros((1, table.dim), np.float32)])
     bad = ~np.isfinite(texts).all(axis=1)
     if bad.any():
@@ -206,6 +221,8 @@ def build(impressions: pd.DataFrame, catalog: pd.DataFrame, table: EmbeddingTabl
         np.log1p(price.fillna(0.0).clip(lower=0.0).to_numpy()),
         price.isna().to_numpy(dtype=np.float64),
         (impressions["surface"] == "search").to_numpy(dtype=np.float64),
+        user_history.features(impressions, catalog, texts, title, lambda frame: known_title_rows(
+            frame, catalog, table, len(texts) - 1), history, recent_clicks, chunk_rows),
     ]).astype(np.float32)
     for i, name in enumerate(DENSE_FEATURES):
         bad = ~np.isfinite(dense[:, i])

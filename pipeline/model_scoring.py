@@ -17,6 +17,7 @@ def model_predictions(folder: str | Path, impressions: pd.DataFrame, catalog: pd
     each row reads only the clicks strictly before its own time."""
     from pipeline import encoder as enc
     from pipeline import features, ranker, text_tower
+    from pipeline.dataset import build_features
     from pipeline.embeddings import EmbeddingTable
 
     folder = Path(folder)
@@ -24,8 +25,10 @@ def model_predictions(folder: str | Path, impressions: pd.DataFrame, catalog: pd
     texts = sorted(set(features.item_titles(impressions, catalog)) | set(impressions["query"].dropna()))
     cfg = params["pretrain"]
     table = EmbeddingTable(texts, enc.embed(model, tokenizer, texts, cfg["max_length"], cfg["embed_batch_size"], device))
-    x = features.build(impressions, catalog, table, params["ranker"]["max_position"])
     saved_ranker = ranker.load(folder / "ranker")
+    # Positions clipped as the model was trained: its position table has max_position + 1 rows.
+    model_params = {**params, "ranker": {**params["ranker"], "max_position": saved_ranker.config.max_position}}
+    x = build_features(impressions, catalog, table, model_params, history)
     if saved_ranker.config.tower_layers:  # its tuned layers read its own encoder's bottom layers
         x.states = text_tower.cached_states(model, tokenizer, texts, saved_ranker.config.tower_layers, params,
                                             device)

@@ -172,6 +172,18 @@ def mean_window(values: list[float]) -> tuple[float | None, float | None]:
     return round(sum(values[:window]) / window, 6), round(sum(values[-window:]) / window, 6)
 
 
+def refresh_decision(recall_before: float | None, recall_after: float | None, cfg: dict) -> tuple[bool, str]:
+    """(whether the refreshed encoder is used, why): only a refresh that raises held-out recall@k by at
+    least pretrain.min_recall_gain is; without held-out pairs nothing shows it helps, so none is."""
+    k, gain = cfg["recall"]["k"], float(cfg.get("min_recall_gain", 0.0))
+    if recall_before is None or recall_after is None:
+        return False, "no held-out (query, clicked title) pairs to measure a refresh by: the base encoder is used"
+    if recall_after >= recall_before + gain and recall_after > recall_before:
+        return True, f"refresh used: held-out recall@{k} {recall_before} -> {recall_after}"
+    return False, (f"refresh not used: held-out recall@{k} {recall_before} -> {recall_after} did not rise by "
+                   f"pretrain.min_recall_gain={gain}; the base encoder is used")
+
+
 def run(corpus: corpus_mod.Corpus, out_dir: str | Path, params: dict) -> dict:
     from pipeline import encoder as enc  # torch and transformers load only when a stage runs
 
@@ -186,16 +198,23 @@ def run(corpus: corpus_mod.Corpus, out_dir: str | Path, params: dict) -> dict:
     tokenizer, model = enc.load_base(cfg["base_model"], cfg.get("tiny_bert", {}), seed)
     before = measure(model, tokenizer, split, retrieval, cfg, seed, device)
     started = time.perf_counter()
-    with tqdm(total=cfg["max_steps"], desc="pretrain (refresh)", unit="step") as bar:
-        losses = enc.refresh(model, tokenizer, split.train, cfg, seed, device, pairs=pairs, progress=bar)
+    losses: dict = {"mlm": [], "contrastive": []}
+    if retrieval is not None:
+        with tqdm(total=cfg["max_steps"], desc="pretrain (refresh)", unit="step") as bar:
+            losses = enc.refresh(model, tokenizer, split.train, cfg, seed, device, pairs=pairs, progress=bar)
     refresh_seconds = time.perf_counter() - started
-    after = measure(model, tokenizer, split, retrieval, cfg, seed, device)
+    after = measure(model, tokenizer, split, retrieval, cfg, seed, device) if retrieval is not None else before
+    used, decision = refresh_decision(before["recall"], after["recall"], cfg)
+    if not used and retrieval is not None:  # the refresh did not help: what comes out is the base encoder
+        tokenizer, model = enc.load_base(cfg["base_model"], cfg.get("tiny_bert", {}), seed)
     vectors = enc.embed(model.base_model, tokenizer, corpus.texts, cfg["max_length"], cfg["embed_batch_size"], device)
     k = cfg["recall"]["k"]
     mlm_first, mlm_last = mean_window(losses["mlm"])
     metrics = {
         "base_model": cfg["base_model"],
-        "steps": len(losses["mlm"]),
+        "steps": max(len(losses["mlm"]), len(losses["contrastive"])),
+        "refresh_used": used,
+        "refresh_decision": decision,
         "texts": len(corpus.texts),
         "train_texts": len(split.train),
         "heldout_texts": len(split.heldout),
@@ -220,7 +239,7 @@ def run(corpus: corpus_mod.Corpus, out_dir: str | Path, params: dict) -> dict:
         write_json_atomic(tmp / "metrics.json", metrics)
     print(f"pretrain: {metrics['steps']} steps in {refresh_seconds:.1f}s; held-out MLM loss "
           f"{before['mlm_loss_heldout']} -> {after['mlm_loss_heldout']}; recall@{k} "
-          f"{before['recall']} -> {after['recall']} ({metrics['recall_pairs']} pairs); "
+          f"{before['recall']} -> {after['recall']} ({metrics['recall_pairs']} pairs); {decision}; "
           f"{len(corpus.texts)} texts embedded")
     return metrics
 

@@ -39,13 +39,16 @@ class RankerConfig:
     tower_layers: int = 0         # the encoder's top layers tuned inside the ranker (0: frozen embeddings)
     tower_config: dict | None = None  # their BertConfig fields (text_tower.LAYER_CONFIG_KEYS)
     tower_learning_rate: float = 0.0
+    # Which text vectors the body reads: the query's, the title's, their elementwise product. Models
+    # saved before this field read all three.
+    text_inputs: tuple = ("query", "title", "product")
 
 
 class Ranker(nn.Module):
     def __init__(self, config: RankerConfig):
         super().__init__()
         self.config = config
-        width = (3 * config.text_dim + config.dense_dim + (len(ID_FEATURES) * config.id_dim if config.id_buckets else 0)
+        width = (len(config.text_inputs) * config.text_dim + config.dense_dim + (len(ID_FEATURES) * config.id_dim if config.id_buckets else 0)
                  + 2 * len(config.numeric_features) + len(config.categorical_features) * config.extra_dim)
         # One table per id feature: each looks up one index per row (what GraNd's norm rule needs).
         self.id_embeddings = nn.ModuleList(
@@ -87,7 +90,8 @@ class Ranker(nn.Module):
             query, title = self.text_tower.vectors(x.states, *x.text_indices)
         else:
             query, title = x.query, x.title
-        parts = [query, title, query * title, x.dense]
+        vectors = {"query": query, "title": title, "product": query * title}
+        parts = [vectors[name] for name in self.config.text_inputs] + [x.dense[:, :self.config.dense_dim]]
         if self.id_embeddings:
             buckets = _fold(x.ids, self.config.id_buckets)
             parts += [table(buckets[:, k]) for k, table in enumerate(self.id_embeddings)]
@@ -147,6 +151,7 @@ def new_model(text_dim: int, cfg: dict, seed: int, data: Features | None = None,
                                 extra_buckets=int(extra.get("buckets", 0)) if categorical else 0,
                                 extra_dim=int(extra.get("dim", 0)) if categorical else 0,
                                 tower_layers=0 if tower is None else len(tower.layers),
+                                text_inputs=tuple(cfg.get("text_inputs", ("query", "title", "product"))),
                                 tower_config=None if tower is None else tower.config,
                                 tower_learning_rate=0.0 if tower is None else
                                 float((cfg.get("encoder") or {})["learning_rate"])))
@@ -251,7 +256,7 @@ def load(directory: str | Path) -> Ranker:
     """Rebuild from the JSON config and safetensors weights; nothing is unpickled."""
     directory = Path(directory)
     fields = json.loads((directory / CONFIG_FILE).read_text())
-    for key in ("numeric_features", "categorical_features"):  # JSON lists back to the config's tuples
+    for key in ("numeric_features", "categorical_features", "text_inputs"):  # JSON lists back to the config's tuples
         if key in fields:
             fields[key] = tuple(fields[key])
     config = RankerConfig(**fields)

@@ -94,17 +94,14 @@ def resolve_model(registry_dir: Path, model_id: str | None) -> tuple[str, Path]:
     return model_id, folder
 
 
-def read_day(data_dir: Path, day: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(the day's impressions with their f_* columns, its catalog, clicked rows of the days up to it)."""
-    from pipeline.contract import read_impressions_of_days
-    from pipeline.dataset import read_log
+def read_day(data_dir: Path, day: str, params: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(the day's impressions with their f_* columns, its catalog, the clicks its history features read:
+    the day's own and those of the ranker.history.days days before it)."""
+    from pipeline.dataset import click_history, read_log
 
     # Always with the f_* columns: the model reads the ones it was trained on, whatever params say now.
     impressions, catalog = read_log(data_dir, [day], extra_features=True)
-    days = sorted(p.name[3:] for p in (data_dir / "impressions").glob("dt=*") if p.is_dir() and p.name[3:] <= day)
-    logged = read_impressions_of_days(data_dir, days)
-    history = logged.loc[logged["clicked"] == 1, ["user_id", "item_id", "ts"]].reset_index(drop=True)
-    return impressions, catalog, history
+    return impressions, catalog, click_history(data_dir, [day], impressions, params)
 
 
 def run(workspace: str | Path, day: str, out: str | Path, model_id: str | None = None) -> dict:
@@ -123,7 +120,7 @@ def run(workspace: str | Path, day: str, out: str | Path, model_id: str | None =
     if not (data_dir / "impressions" / f"dt={day}").is_dir():
         raise ScoreError(f"no logs for {day}: {data_dir / 'impressions' / f'dt={day}'} does not exist")
     model_id, folder = resolve_model(registry_dir, model_id)
-    impressions, catalog, history = read_day(data_dir, day)
+    impressions, catalog, history = read_day(data_dir, day, params)
     device = setup(params, stage_seed(params, "score"))
     predictions = model_predictions(folder, impressions, catalog, params, device, history=history)
     scored = pd.DataFrame({"event_id": impressions["event_id"].astype(str).to_numpy(),

@@ -21,6 +21,7 @@ def test_calibration_recovers_a_known_platt_scaling():
     x = synthetic()
     model = ranker.new_model(6, CFG, seed=1)
     with torch.no_grad():
+        model.click_head.weight.mul_(20.0)  # a freshly initialised head's logits barely spread (std 0.06)
         free, bias, _ = model(x)
         logit = free + bias
     # Labels drawn as if the true click logit were 3 * z - 1: the model's scale is off by 3.
@@ -83,7 +84,8 @@ def test_weights_of_another_shape_fail_with_a_clear_message(tmp_path):
     else:
         raise AssertionError("weights of another shape loaded")
     assert "ranker.safetensors does not match ranker.json" in message
-    assert "body.0.weight: shape (16, 22), the config implies (8, 22)" in message
+    width = 3 * 6 + len(DENSE_FEATURES)
+    assert f"body.0.weight: shape (16, {width}), the config implies (8, {width})" in message
 
 
 def test_dataloader_workers_train_exactly_as_in_process():
