@@ -52,6 +52,11 @@ def tiny_params() -> dict:
         "auc_click": {"direction": "higher", "min_value": 0.5, "max_regression": 0.05},
         "logloss_click": {"direction": "lower", "max_value": 1.0, "max_regression": 0.05},
     }
+    # The tiny BERT's random vectors carry no relevance, so a tiny ranker cannot beat the trivial
+    # baselines: these plumbing runs leave the ranking checks out (test_gate_ranking.py and
+    # test_gate_degraded.py test them).
+    for key in ("primary", "baseline_margin", "baselines", "baseline_slices", "min_score_spread"):
+        params["gate"].pop(key)
     return params
 
 
