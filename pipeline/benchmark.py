@@ -6,6 +6,12 @@ estimator scores the noisy training rows; its weights retrain the ranker, which 
 slice beside the same ranker trained unweighted and one trained on the clean rows. Uniform weights
 and random scores run beside the estimators as baselines. Writes benchmark.json, report.html and
 selection.json (the winner by the rule of params' benchmark section) to --out.
+
+On a log with the simulator's truth (_truth/dt=DAY), every retrain's position-free ranking score is also
+scored by NDCG@k against the true relevance (ndcg_at_K_true), and recovery is measured on it as well
+as on auc_click. benchmark.metric names the primary metric (recovery's transform choice, the removal
+curves, the selection); a true-relevance metric on a log without truth falls back to
+benchmark.fallback_metric, and the output says so.
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from pipeline.atomic import atomic_dir, write_json_atomic
 from pipeline.params import load_params, stage_seed
 
 BASELINES = ("uniform", "random")
-TEST_METRICS = ("auc_click", "logloss_click", "ndcg_at_10")
+TEST_METRICS = ("auc_click", "logloss_click", "ndcg_at_10")  # every log; ndcg_at_K_true beside them with truth
+RECOVERY_METRICS = ("auc_click",)  # recovery on these, on the true-relevance NDCG and on the primary metric
 SELECTION_FILE = "selection.json"
 
 
@@ -46,7 +53,8 @@ class Bench:
     def __init__(self, data_dir, days, embeddings_dir, spec: dict, params: dict):
         from pipeline import features, noise
         from pipeline.compute import setup
-        from pipeline.dataset import days_in, read_log, text_embeddings, uses_extra_features
+        from pipeline.baselines import true_relevance
+        from pipeline.dataset import build_features, days_in, read_log, text_embeddings, uses_extra_features
         from pipeline.evaluate import Scorer
 
         self.params, self.cfg = params, params["benchmark"]
@@ -64,12 +72,29 @@ class Bench:
         # Rows the log itself marks as noise (the simulator's own bots and stray clicks) are neither
         # injected noise nor clean: detection is measured without them.
         self.measured = self.is_noise | ~log_noise(data_dir, self.days, self.noisy["event_id"])
-        build = lambda frame: features.build(frame, self.catalog, table, params["ranker"]["max_position"])  # noqa: E731
+        # Each log's rows read the user-history features from that log's own clicks (and the earlier
+        # days' on disk, as the train stage's do): the noisy retrains see the noise in the history too.
+        build = lambda frame: build_features(frame, self.catalog, table, params,  # noqa: E731
+                                             history_of(data_dir, self.days, frame, params))
         self.clean_x, self.noisy_x = build(clean), build(self.noisy)
         self.test = impressions[test].reset_index(drop=True)
-        self.test_x = build(self.test)
-        self.scorer = Scorer(self.test, params["evaluate"])
-        self.rows = {"rows": int(len(impressions)), "train_rows": int(len(clean)), "test_rows": int(len(self.test))}
+        # The test rows are featured within the whole clean log, as evaluate features its held-out rows:
+        # their history holds the training rows' clicks before them. One set of inputs for every retrain.
+        self.test_x = build(impressions).subset(np.flatnonzero(test))
+        truth = read_truths(data_dir, self.days)
+        relevance = None if truth is None else true_relevance(self.test, truth)
+        self.scorer = Scorer(self.test, params["evaluate"], relevance, seed=stage_seed(params, "benchmark:ties"))
+        self.has_truth = truth is not None
+        k = int(params["evaluate"]["ndcg_k"])
+        self.test_metrics_names = ["auc_click", "logloss_click", f"ndcg_at_{k}"] + \
+            ([self.scorer.true_name] if self.has_truth else [])
+        self.metric, self.metric_note = primary_metric(self.cfg, self.test_metrics_names, self.has_truth,
+                                                       self.scorer.true_name)
+        self.recovery_metrics = list(dict.fromkeys(
+            [self.metric, *([self.scorer.true_name] if self.has_truth else []), *RECOVERY_METRICS]))
+        self.rows = {"rows": int(len(impressions)), "train_rows": int(len(clean)), "test_rows": int(len(self.test)),
+                     "test_requests": int(self.scorer.n_groups),
+                     "test_rows_without_truth": None if relevance is None else int(np.isnan(relevance).sum())}
 
     @property
     def is_noise(self) -> np.ndarray:
@@ -95,22 +120,78 @@ class Bench:
     def test_metrics(self, model) -> dict:
         from pipeline import ranker
 
-        predictions = ranker.predict(model, self.test_x, self.device, with_position=True)
-        values = self.scorer.score(predictions, self.scorer.ranks(predictions["score"]))
-        return {name: values[name] for name in TEST_METRICS}
+        return self.scored(ranker.predict(model, self.test_x, self.device, with_position=True))
 
-    def retrained(self, x, weights=None) -> tuple[dict, list[float]]:
-        """(test metrics of the ranker trained on x, averaged over benchmark.train_seeds seeds; the
-        primary metric of each seed). One seed's test AUC moves by several thousandths, as much as the
+    def scored(self, predictions: dict) -> dict:
+        """The test metrics of predictions on the test rows: the click metrics read pCTR at the logged
+        position; the ranking metrics order each request by the position-free score (ties by a seeded
+        permutation), ndcg_at_K_true with the true relevance as the gain."""
+        values = self.scorer.score(predictions, self.scorer.ranks(predictions["score"]))
+        return {name: values[name] for name in self.test_metrics_names}
+
+    def retrained(self, x, weights=None) -> tuple[dict, dict]:
+        """(test metrics of the ranker trained on x, averaged over benchmark.train_seeds seeds; each
+        recovery metric per seed). One seed's test AUC moves by several thousandths, as much as the
         noise costs; run k of every retrain shares its seed, so the seeds pair up across weightings."""
         runs = [self.test_metrics(self.train(x, weights, run=run)) for run in range(int(self.cfg["train_seeds"]))]
-        means = {name: round(float(np.mean([r[name] for r in runs])), 6) for name in TEST_METRICS}
-        return means, [round(float(r[self.cfg["metric"]]), 6) for r in runs]
+        means = {name: mean_of([r[name] for r in runs]) for name in self.test_metrics_names}
+        return means, {name: [None if r[name] is None else round(float(r[name]), 6) for r in runs]
+                       for name in self.recovery_metrics}
 
     def epoch_seconds(self) -> float:
         started = time.perf_counter()
         self.train(self.noisy_x, epochs=1)
         return time.perf_counter() - started
+
+
+def history_of(data_dir, days: list[str], frame: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """The logged rows `frame`'s history features read: the earlier days' on disk and the frame's own."""
+    from pipeline import dataset
+
+    # dataset.logged_history (earlier: click_history) gathers them as the train stage does.
+    gather = getattr(dataset, "logged_history", None) or dataset.click_history
+    return gather(data_dir, days, frame, params)
+
+
+def mean_of(values: list) -> float | None:
+    """The mean over seeds, None when a seed's value is undefined (a metric the test rows leave undefined)."""
+    return None if any(v is None for v in values) or not values else round(float(np.mean(values)), 6)
+
+
+def read_truths(data_dir, days: list[str]) -> pd.DataFrame | None:
+    """The simulator's truth tables of `days` (event_id, relevance), or None unless every day has one."""
+    from pipeline.baselines import read_truth
+
+    tables = [read_truth(data_dir, day) for day in days]
+    if not tables or any(t is None for t in tables):
+        return None
+    return pd.concat(tables, ignore_index=True).drop_duplicates("event_id")
+
+
+def primary_metric(cfg: dict, available: list[str], has_truth: bool, true_name: str) -> tuple[str, str | None]:
+    """(the metric recovery's transform choice, the removal curves and the selection go by; a note when
+    it is not benchmark.metric). A true-relevance metric on a log without truth falls back to
+    benchmark.fallback_metric."""
+    wanted = str(cfg["metric"])
+    if wanted.endswith("_true") and not has_truth:
+        fallback = str(cfg.get("fallback_metric") or "auc_click")
+        if fallback not in available:
+            raise ValueError(f"benchmark.fallback_metric: {fallback!r} is not a test metric; known: "
+                             f"{', '.join(available)}")
+        return fallback, (f"the log has no true relevance (no _truth/dt=DAY files): recovery and the selection "
+                          f"go by {fallback}, not benchmark.metric {wanted}")
+    if wanted.endswith("_true") and wanted != true_name:
+        raise ValueError(f"benchmark.metric: {wanted!r} does not match evaluate.ndcg_k; known: "
+                         f"{', '.join(available)}")
+    if wanted not in available:
+        raise ValueError(f"benchmark.metric: {wanted!r} is not a test metric; known: {', '.join(available)}")
+    return wanted, None
+
+
+def higher_is_better(metric: str) -> bool:
+    from pipeline.metrics import direction_of
+
+    return direction_of(metric) != "lower"
 
 
 def estimator_names(text: str) -> list[str]:
@@ -185,27 +266,53 @@ def kept_after_removal(scores: np.ndarray, groups: np.ndarray, fraction: float) 
     return rank > fraction, rank <= 1 - fraction
 
 
-def retrain_result(bench: Bench, retrained: tuple[dict, list[float]], reference: dict) -> dict:
-    """A weighted retrain's test metrics, per-seed primary metric, recovery and its standard error."""
+def retrain_result(bench: Bench, retrained: tuple[dict, dict], reference: dict) -> dict:
+    """A weighted retrain's test metrics, per-seed recovery metrics, and on each recovery metric its
+    recovery and standard error (`recovery`, `recovery_se`: those on the primary metric)."""
+    test, runs = retrained
+    by_metric = {metric: recovery_on(bench, metric, test, runs, reference) for metric in bench.recovery_metrics}
+    return {"test": test, "test_runs": runs, **by_metric[bench.metric], "recovery_by_metric": by_metric}
+
+
+def recovery_on(bench: Bench, metric: str, test: dict, runs: dict, reference: dict) -> dict:
     from pipeline.benchmark_metrics import recovery, recovery_standard_error
 
-    metric, gap = bench.cfg["metric"], float(bench.cfg["min_recovery_gap"])
-    test, runs = retrained
+    gap, higher = float(bench.cfg["min_recovery_gap"]), higher_is_better(metric)
     unweighted, clean = reference["unweighted"], reference["clean"]
-    return {"test": test, "test_runs": runs,
-            "recovery": recovery(test[metric], unweighted["test"][metric], clean["test"][metric], gap),
-            "recovery_se": recovery_standard_error(runs, unweighted["test_runs"], clean["test_runs"], gap)}
+    return {"recovery": recovery(test[metric], unweighted["test"][metric], clean["test"][metric], gap, higher),
+            "recovery_se": recovery_standard_error(runs[metric], unweighted["test_runs"][metric],
+                                                   clean["test_runs"][metric], gap, higher)}
+
+
+def noise_costs(bench: Bench, reference: dict) -> dict:
+    """Per recovery metric: the clean and unweighted references, what the noise cost the unweighted ranker
+    (positive: the clean one is better) and, when recovery is undefined on it, why."""
+    from pipeline.benchmark_metrics import NO_COST, noise_cost
+
+    gap, out = float(bench.cfg["min_recovery_gap"]), {}
+    for metric in bench.recovery_metrics:
+        clean, unweighted = reference["clean"]["test"][metric], reference["unweighted"]["test"][metric]
+        cost = noise_cost(unweighted, clean, higher_is_better(metric))
+        note = None
+        if cost is None:
+            note = "the test rows leave the metric undefined"
+        elif cost <= 0 or cost < gap:
+            note = f"{NO_COST} (clean {clean:.4f}, unweighted {unweighted:.4f}; benchmark.min_recovery_gap {gap:g})"
+        out[metric] = {"clean": clean, "unweighted": unweighted, "cost": None if cost is None else round(cost, 6),
+                       "recovery_defined": note is None, "note": note}
+    return out
 
 
 def best_transform(bench: Bench, scores: np.ndarray, reference: dict) -> tuple[str, dict, dict]:
-    """(name, retrain_result, recovery per transform) of the benchmark.transforms candidate whose
-    weights retrain the best ranker on the primary metric."""
-    metric = bench.cfg["metric"]
+    """(name, retrain_result, recovery per transform on the primary metric) of the benchmark.transforms
+    candidate whose weights retrain the best ranker on the primary metric."""
+    metric = bench.metric
     tested = {name: retrain_result(bench, bench.retrained(bench.noisy_x, weights_of(bench, scores, overrides)),
                                    reference)
               for name, overrides in bench.cfg["transforms"].items()}
-    lower_is_better = metric.startswith("logloss")
-    best = (min if lower_is_better else max)(tested, key=lambda name: tested[name]["test"][metric])
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    defined = [name for name in tested if tested[name]["test"][metric] is not None] or list(tested)
+    best = max(defined, key=lambda name: sign * (tested[name]["test"][metric] or 0.0))
     return best, tested[best], {name: result["recovery"] for name, result in tested.items()}
 
 
@@ -226,8 +333,37 @@ def measure(bench: Bench, name: str, reference: dict, epoch_seconds: float) -> d
             "seconds": round(seconds, 3), "cost_ratio": round(seconds / epoch_seconds, 4),
             "detection": found, "auroc_by_kind": auroc_by_kind(scores[measured], bench.kind[measured]),
             "curves": None if uniform else curves, "transform": transform, "recovery_by_transform": by_transform,
-            **retrain, "removal": None if uniform else removal_curve(bench, scores, bench.cfg["metric"]),
+            **retrain, "removal": None if uniform else removal_curve(bench, scores, bench.metric),
             "error": None}
+
+
+def check_metric(cfg: dict, ndcg_k: int) -> None:
+    """benchmark.metric and benchmark.fallback_metric name test metrics (checked before the log is read)."""
+    plain = ["auc_click", "logloss_click", f"ndcg_at_{ndcg_k}"]
+    if cfg.get("metric") not in [*plain, f"ndcg_at_{ndcg_k}_true"]:
+        raise ValueError(f"benchmark.metric: {cfg.get('metric')!r} is not a test metric; known: "
+                         f"{', '.join(plain)}, ndcg_at_{ndcg_k}_true (evaluate.ndcg_k {ndcg_k})")
+    if cfg.get("fallback_metric", "auc_click") not in plain:
+        raise ValueError(f"benchmark.fallback_metric: {cfg.get('fallback_metric')!r} must be a metric every log "
+                         f"has: {', '.join(plain)}")
+
+
+def trivial_rankers(bench: Bench) -> dict:
+    """The click AUC and ranking metrics on the test slice of a seeded random score and of the logged
+    order: how far the retrains' figures are from ordering by nothing (and from the logging policy,
+    which position bias flatters on the click metrics)."""
+    from pipeline import baselines
+    from pipeline.evaluate import rounded
+    from pipeline.metrics import auc
+
+    scorer, out = bench.scorer, {}
+    for name, scores in (("random", baselines.random_scores(len(bench.test), stage_seed(bench.params,
+                                                                                         "benchmark:random_ranker"))),
+                         ("logging_order", baselines.logging_scores(bench.test["position"].to_numpy()))):
+        values = {"auc_click": auc(scorer.clicked, scores), **scorer.ranking(scorer.ranks(scores))}
+        out[name] = rounded({metric: values.get(metric) for metric in bench.test_metrics_names
+                             if metric != "logloss_click"})
+    return out
 
 
 def check_transforms(transforms) -> None:
@@ -251,15 +387,23 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
 
     cfg = params["benchmark"]
     check_transforms(cfg.get("transforms"))
+    check_metric(cfg, int(params["evaluate"]["ndcg_k"]))
     spec = noise.parse_spec(noise_text if noise_text is not None else cfg["noise"])
     names = estimator_names(estimators_text if estimators_text is not None else cfg["estimators"])
     bench = Bench(data_dir, days, embeddings_dir, spec, params)
+    print(f"benchmark: primary metric {bench.metric}" + (f" ({bench.metric_note})" if bench.metric_note else "")
+          + f"; recovery on {', '.join(bench.recovery_metrics)}")
     epoch_seconds = bench.epoch_seconds()
     # The oracle knows the injected rows and weighs them 0: what weights alone could recover on this log.
     reference = {name: dict(zip(("test", "test_runs"), bench.retrained(x, weights)))
                  for name, x, weights in (("clean", bench.clean_x, None), ("unweighted", bench.noisy_x, None),
                                           ("oracle", bench.noisy_x, (~bench.is_noise).astype(np.float64)))}
     oracle = retrain_result(bench, (reference["oracle"]["test"], reference["oracle"]["test_runs"]), reference)
+    costs = noise_costs(bench, reference)
+    for metric, cost in costs.items():
+        print(f"benchmark: {metric}: clean {cost['clean']}, unweighted {cost['unweighted']}, "
+              f"oracle {reference['oracle']['test'][metric]}"
+              + (f"; recovery undefined: {cost['note']}" if cost["note"] else f"; the noise costs {cost['cost']}"))
     results = {}
     for name in [*names, *BASELINES]:
         try:
@@ -273,11 +417,16 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
                              "error": f"{type(exc).__name__}: {exc}"}
         done = results[name]
         print(f"benchmark: {name}: " + (done["error"] if done.get("error") else
-                                        f"AUROC {done['detection']['auroc']}, test {done['test']}, "
-                                        f"recovery {done['recovery']}, cost ratio {done['cost_ratio']}"))
-    rule = {"max_cost_ratio": float(cfg["max_cost_ratio"]), "tie_tolerance": float(cfg["tie_tolerance"]),
-            "beat_baselines": bool(cfg["beat_baselines"])}
-    winner, reason = select(results, rule["max_cost_ratio"], rule["tie_tolerance"], rule["beat_baselines"])
+                                        f"AUROC {done['detection']['auroc']}, test {done['test']}, recovery "
+                                        + ", ".join(f"{metric} {r['recovery']} ± {r['recovery_se']}" for metric, r
+                                                    in done["recovery_by_metric"].items())
+                                        + f", cost ratio {done['cost_ratio']}"))
+    rule = {"metric": bench.metric, "max_cost_ratio": float(cfg["max_cost_ratio"]),
+            "tie_tolerance": float(cfg["tie_tolerance"]), "beat_baselines": bool(cfg["beat_baselines"])}
+    winner, reason = select(results, rule["max_cost_ratio"], rule["tie_tolerance"], rule["beat_baselines"],
+                            bench.metric, costs[bench.metric]["note"])
+    if bench.metric_note:
+        reason += f" ({bench.metric_note})"
     transform = transform_of(params)
     if winner:
         transform.update(cfg["transforms"][results[winner]["transform"]])
@@ -289,11 +438,15 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
                         "log_noise_rows_not_measured": int((~bench.measured).sum()),
                         "share_of_measured": round(float(bench.is_noise[bench.measured].mean()), 6),
                         "by_kind": {str(k): int(v) for k, v in kinds.items()}},
-              "primary_metric": cfg["metric"], "epoch_seconds": round(epoch_seconds, 3),
+              "primary_metric": bench.metric, "primary_metric_note": bench.metric_note, "truth": bench.has_truth,
+              "test_metrics": bench.test_metrics_names, "recovery_metrics": bench.recovery_metrics,
+              "epoch_seconds": round(epoch_seconds, 3),
               "train_seeds": int(cfg["train_seeds"]), "transforms": cfg["transforms"],
               "reference": {name: r["test"] for name, r in reference.items()},
               "reference_runs": {name: r["test_runs"] for name, r in reference.items()},
-              "oracle": {"recovery": oracle["recovery"], "recovery_se": oracle["recovery_se"]}, "estimators": results,
+              "noise_cost": costs, "trivial_rankers": trivial_rankers(bench),
+              "oracle": {"recovery": oracle["recovery"], "recovery_se": oracle["recovery_se"],
+                         "recovery_by_metric": oracle["recovery_by_metric"]}, "estimators": results,
               "selection": {"estimator": winner, "transform": transform, "reason": reason, "rule": rule}}
     selection = {"estimator": winner, "transform": transform, "reason": reason,
                  "benchmark": {"data": str(data_dir), "days": bench.days, "noise": spec}}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import embeddings, features, user_history
+from pipeline import embeddings, features, history
 from pipeline.contract import ContractError, read_catalog, read_impressions_of_days
 
 
@@ -69,35 +69,37 @@ def read_log(data_dir: str | Path, days: list[str] | None,
     return impressions, catalog
 
 
-def earlier_clicks(data_dir: str | Path, days: list[str], params: dict) -> pd.DataFrame:
-    """The clicked rows (user_history.COLUMNS) of the ranker.history.days days on disk before `days`:
-    what users did before, for the user-history features. A day that cannot be read is left out."""
+def earlier_rows(data_dir: str | Path, days: list[str], params: dict) -> pd.DataFrame:
+    """The impressions (history.COLUMNS) of the ranker.history.days days on disk before `days`: what
+    users and items did before, for the history features. A day that cannot be read is left out."""
     wanted = int((params["ranker"].get("history") or {}).get("days", 0))
     earlier = [d for d in days_in(data_dir) if d < min(days)][-wanted:] if wanted > 0 else []
     frames = []
     for day in earlier:
         try:
-            frames.append(user_history.clicked_rows(read_impressions_of_days(data_dir, [day])))
+            frames.append(history.history_rows(read_impressions_of_days(data_dir, [day])))
         except (ContractError, OSError, ValueError, KeyError):
             continue  # a day that failed its checks (or was never landed whole) tells nothing reliable
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(user_history.COLUMNS))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(history.COLUMNS))
 
 
-def click_history(data_dir: str | Path, days: list[str], impressions: pd.DataFrame, params: dict) -> pd.DataFrame:
-    """Earlier days' clicks and the impressions' own: every click a row of `impressions` may look back on."""
-    own = user_history.clicked_rows(impressions)
-    before = earlier_clicks(data_dir, days, params)
+def logged_history(data_dir: str | Path, days: list[str], impressions: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """Earlier days' impressions and the log's own: every row an impression's history features may read."""
+    own = history.history_rows(impressions)
+    before = earlier_rows(data_dir, days, params)
     if before.empty:
         return own
-    return pd.concat([before.astype({c: object for c in ("user_id", "item_id")}),
-                      own.astype({c: object for c in ("user_id", "item_id")})], ignore_index=True)
+    ids = {c: object for c in ("user_id", "item_id")}
+    return pd.concat([before.astype(ids), own.astype(ids)], ignore_index=True)
 
 
 def build_features(impressions: pd.DataFrame, catalog: pd.DataFrame, table, params: dict,
-                   history: pd.DataFrame | None) -> features.Features:
+                   logged: pd.DataFrame | None) -> features.Features:
     cfg = params["ranker"]
-    return features.build(impressions, catalog, table, cfg["max_position"], history=history,
-                          recent_clicks=int((cfg.get("history") or {}).get("recent_clicks", 10)))
+    knobs = cfg.get("history") or {}
+    return features.build(impressions, catalog, table, cfg["max_position"], history=logged,
+                          recent_clicks=int(knobs.get("recent_clicks", 10)),
+                          item_prior=float(knobs.get("item_prior", 5.0)))
 
 
 def load_log(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path | None,
@@ -109,7 +111,7 @@ def load_log(data_dir: str | Path, days: list[str] | None, embeddings_dir: str |
     days = days or days_in(data_dir)
     impressions, catalog = read_log(data_dir, days, uses_extra_features(params))
     table = text_embeddings(impressions, catalog, embeddings_dir, params)
-    x = build_features(impressions, catalog, table, params, click_history(data_dir, days, impressions, params))
+    x = build_features(impressions, catalog, table, params, logged_history(data_dir, days, impressions, params))
     return DayData(impressions, catalog, x, features.holdout_mask(impressions, params["split"]["holdout_fraction"]))
 
 

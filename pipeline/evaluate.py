@@ -304,7 +304,7 @@ def _difference(a, b):
 def champion_predictions(champion: dict, registry_dir: str, impressions, catalog, params: dict,
                          device: str, history=None) -> dict:
     """The champion's predictions, its texts embedded with its own encoder; `history`: the clicks its
-    user-history features read (dataset.click_history)."""
+    history features read (dataset.logged_history)."""
     from pipeline import registry
     from pipeline.model_scoring import model_predictions
 
@@ -380,10 +380,10 @@ def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, p
     models = {"candidate": (candidate, scorer.ranks(candidate["score"])), "champion": None}
     champion = read_json(baseline_file)["champion"]
     if champion is not None:
-        from pipeline.dataset import click_history
+        from pipeline.dataset import logged_history
 
         predictions = champion_predictions(champion, params["registry"]["dir"], impressions, data.catalog,
-                                           params, device, click_history(data_dir, [day], data.impressions, params))
+                                           params, device, logged_history(data_dir, [day], data.impressions, params))
         models["champion"] = (predictions, scorer.ranks(predictions["score"]))
     dense = data.x.dense[torch.as_tensor(rows)].numpy()
     trivial = baseline_scores(impressions, train_rows, dense, features.DENSE_FEATURES, cfg,

@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import user_history
+from pipeline import history as past
 from pipeline.contract import EXTRA_FEATURE_PREFIX
 from pipeline.embeddings import EmbeddingTable
 
 # Rankers read the first dense_dim of these (a model saved before the history features reads 4).
-DENSE_FEATURES = ("query_title_cosine", "log_price", "price_missing", "is_search", *user_history.FEATURES)
+DENSE_FEATURES = ("query_title_cosine", "log_price", "price_missing", "is_search", *past.FEATURES)
 # Learned embeddings per value, looked up by hash bucket: an item, category or brand first seen at
 # serving time still gets a row (shared with whatever hashes beside it) instead of failing.
 # The rows hold model-independent hashes; each ranker folds them into its own number of buckets.
@@ -201,9 +201,9 @@ def extra_columns(impressions: pd.DataFrame) -> tuple[list[str], np.ndarray, lis
 
 def build(impressions: pd.DataFrame, catalog: pd.DataFrame, table: EmbeddingTable,
           max_position: int, chunk_rows: int = 32_768, history: pd.DataFrame | None = None,
-          recent_clicks: int = 10) -> Features:
-    """The impressions' model inputs. `history`: clicked rows (user_history.COLUMNS) the user-history
-    features read, each row only those strictly before it (None: the impressions' own clicks)."""
+          recent_clicks: int = 10, item_prior: float = 5.0) -> Features:
+    """The impressions' model inputs. `history`: the impressions (pipeline.history.COLUMNS) the history
+    features read, each row only those strictly before it (None: the impressions themselves)."""
     texts = np.vstack([table.vectors.astype(np.float32, copy=False), np.zeros((1, table.dim), np.float32)])
     bad = ~np.isfinite(texts).all(axis=1)
     if bad.any():
@@ -221,8 +221,8 @@ def build(impressions: pd.DataFrame, catalog: pd.DataFrame, table: EmbeddingTabl
         np.log1p(price.fillna(0.0).clip(lower=0.0).to_numpy()),
         price.isna().to_numpy(dtype=np.float64),
         (impressions["surface"] == "search").to_numpy(dtype=np.float64),
-        user_history.features(impressions, catalog, texts, title, lambda frame: known_title_rows(
-            frame, catalog, table, len(texts) - 1), history, recent_clicks, chunk_rows),
+        past.features(impressions, catalog, texts, title, lambda frame: known_title_rows(
+            frame, catalog, table, len(texts) - 1), history, recent_clicks, item_prior, max_position, chunk_rows),
     ]).astype(np.float32)
     for i, name in enumerate(DENSE_FEATURES):
         bad = ~np.isfinite(dense[:, i])

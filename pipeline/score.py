@@ -3,8 +3,9 @@
 For offline evaluation and to export scores for serving: one row per impression of the day with
 `event_id, score, p_click, p_purchase` (`score` is the position-free ranking score; `p_click` is at
 the logged position; `p_purchase` = p_click x p(purchase | click)). The model embeds the day's texts
-with its own encoder (pipeline.model_scoring), and its user-history features read the clicks of the
-workspace's days up to and including the day, each row only those strictly before its own time.
+with its own encoder (pipeline.model_scoring), and its history features (pipeline/history.py) read the
+impressions of the day and of the ranker.history.days days before it, each row only those strictly
+before its own time.
 
 A bad input (a broken params file, a registry with no champion, an unknown model id, a model folder
 without its encoder or ranker, a day with no logs) stops it with one line naming what is wrong and
@@ -95,13 +96,13 @@ def resolve_model(registry_dir: Path, model_id: str | None) -> tuple[str, Path]:
 
 
 def read_day(data_dir: Path, day: str, params: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(the day's impressions with their f_* columns, its catalog, the clicks its history features read:
+    """(the day's impressions with their f_* columns, its catalog, the rows its history features read:
     the day's own and those of the ranker.history.days days before it)."""
-    from pipeline.dataset import click_history, read_log
+    from pipeline.dataset import logged_history, read_log
 
     # Always with the f_* columns: the model reads the ones it was trained on, whatever params say now.
     impressions, catalog = read_log(data_dir, [day], extra_features=True)
-    return impressions, catalog, click_history(data_dir, [day], impressions, params)
+    return impressions, catalog, logged_history(data_dir, [day], impressions, params)
 
 
 def run(workspace: str | Path, day: str, out: str | Path, model_id: str | None = None) -> dict:

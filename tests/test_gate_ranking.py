@@ -121,7 +121,21 @@ def test_a_good_candidate_against_a_trivial_champion_is_blessed():
     baseline_checks = {c["slice"] for c in decision["checks"] if c["kind"] == "baseline"}
     assert baseline_checks == {"overall", "surface=search", "surface=recommend"}
     search = next(c for c in decision["checks"] if c["kind"] == "baseline" and c["slice"] == "surface=search")
-    assert search["interval"]["lower"] >= GATE["baseline_margin"]
+    assert search["interval"]["upper"] >= 0 and search["passed"]
+
+
+def test_a_candidate_worse_than_a_baseline_on_one_surface_is_not_blessed():
+    """Better overall is not enough: a surface where the best baseline is clearly better blocks."""
+    frame, rel = day()
+    held = frame.iloc[len(frame) // 2:].reset_index(drop=True)
+    search = (held["surface"] == "search").to_numpy()
+
+    def good_but_search_inverted(rel, rng):
+        return np.where(search, -rel, rel)
+    decision = gate(evaluated(good_but_search_inverted))
+    failed = [c for c in decision["checks"] if not c["passed"]]
+    assert decision["decision"] == "NOT_BLESSED"
+    assert any(c["kind"] == "baseline" and c["slice"] == "surface=search" for c in failed)
 
 
 def test_a_difference_inside_the_bootstrap_noise_does_not_block():

@@ -13,9 +13,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from conftest import DAY, NEXT_DAY, make_workspace, repro, simulate, tiny_params
+from conftest import DAY, NEXT_DAY, ROOT, make_workspace, repro, simulate, tiny_params
 from pipeline import corpus as corpus_mod
 from pipeline import pretrain
+from pipeline.params import load_params
 from pipeline.repro import dvc_env
 
 
@@ -156,6 +157,8 @@ def test_metrics_record_the_refresh_before_and_after(day_corpus, tmp_path):
     from pipeline import encoder as enc
 
     params = stage_params()
+    params["pretrain"]["contrastive"]["enabled"] = False
+    params["pretrain"]["mlm_weight"] = 1.0  # the masked-LM refresh alone
     metrics = pretrain.run(day_corpus, tmp_path / "out", params)
     saved = json.loads((tmp_path / "out/metrics.json").read_text())
     assert saved == metrics and saved["contrastive"] is False
@@ -186,6 +189,48 @@ def test_contrastive_refresh_trains_queries_toward_their_clicked_titles(day_corp
     assert metrics["contrastive"] is True and metrics["contrastive_pairs"] > 0
     assert metrics["contrastive_loss_last"] < metrics["contrastive_loss_first"]
     assert metrics["recall_at_10_after"] > metrics["recall_at_10_before"]
+    assert metrics["refresh_used"] is True and metrics["refresh_decision"].startswith("refresh used")
+    assert metrics["mlm_loss_first"] is None  # pretrain.mlm_weight 0 (the default): contrastive only
+
+
+def embeddings_of(folder):
+    from pipeline import embeddings
+
+    table = embeddings.load(folder)
+    return table.texts, table.vectors
+
+
+def test_a_refresh_that_lowers_recall_is_not_used(day_corpus, tmp_path):
+    """A masked-LM refresh at a destructive rate lowers held-out recall: the stage writes the base
+    encoder, embeds with it, and says so; the output is that of a run whose refresh never happened."""
+    params = stage_params()
+    # The default sentence encoder (the tiny BERT's random vectors have no recall to lose).
+    from pipeline import encoder as enc
+
+    params = stage_params()
+    cfg_ = params["pretrain"]
+    # The default sentence encoder (the tiny BERT's random vectors have no recall to lose); no held-out
+    # masked-LM loss and few candidates keep it quick.
+    cfg_.update(base_model=load_params(ROOT / "params.yaml")["pretrain"]["base_model"], mlm_weight=1.0,
+                max_steps=5, learning_rate=5e-2, max_heldout_texts=0)
+    cfg_["recall"].update(max_pairs=200, max_candidates=400)
+    cfg_["contrastive"]["enabled"] = False
+    metrics = pretrain.run(day_corpus, tmp_path / "bad", params)
+    assert metrics["recall_at_10_after"] < metrics["recall_at_10_before"]  # the premise: it hurt
+    assert metrics["refresh_used"] is False and "refresh not used" in metrics["refresh_decision"]
+    texts, vectors = embeddings_of(tmp_path / "bad/embeddings")
+    tokenizer, base = enc.load_base(cfg_["base_model"], cfg_["tiny_bert"], 0)
+    sample = texts[:: max(1, len(texts) // 40)]
+    expected = enc.embed(base.base_model, tokenizer, sample, cfg_["max_length"], cfg_["embed_batch_size"], "cpu")
+    np.testing.assert_allclose(vectors[[texts.index(t) for t in sample]], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("before, after, gain, used", [
+    (0.30, 0.33, 0.0, True), (0.30, 0.30, 0.0, False), (0.30, 0.29, 0.0, False), (0.30, 0.32, 0.05, False),
+    (None, None, 0.0, False)])
+def test_refresh_decision(before, after, gain, used):
+    settings = cfg(min_recall_gain=gain)
+    assert pretrain.refresh_decision(before, after, settings)[0] is used
 
 
 def test_contrastive_settings_are_checked(day_corpus, tmp_path):

@@ -77,9 +77,10 @@ def independent_predictions(ws, params, entry, day) -> pd.DataFrame:
     texts = sorted(set(features.item_titles(impressions, catalog)) | set(impressions["query"].dropna()))
     table = EmbeddingTable(texts, enc.embed(encoder, tokenizer, texts, params["pretrain"]["max_length"], 256, "cpu"))
     logged = read_log(ws / "data/raw", [d for d in (DAY, NEXT_DAY) if d <= day])[0]
-    history = logged.loc[logged["clicked"] == 1, ["user_id", "item_id", "ts", "price"]]
+    history = logged[["user_id", "item_id", "ts", "price", "position", "clicked"]]
+    knobs = params["ranker"]["history"]
     x = features.build(impressions, catalog, table, params["ranker"]["max_position"], history=history,
-                       recent_clicks=params["ranker"]["history"]["recent_clicks"])
+                       recent_clicks=knobs["recent_clicks"], item_prior=knobs["item_prior"])
     predicted = ranker.predict(ranker.load(folder / "ranker"), x, "cpu", with_position=True)
     return pd.DataFrame({"event_id": impressions["event_id"].to_numpy(), **predicted})
 
@@ -136,7 +137,7 @@ def test_model_scoring_on_reordered_rows_gives_the_same_scores(scored_workspace,
     impressions, catalog = read_log(ws / "data/raw", [NEXT_DAY], extra_features=True)
     shuffled = impressions.sample(frac=1.0, random_state=0).reset_index(drop=True)
     logged = read_impressions_of_days(ws / "data/raw", [DAY, NEXT_DAY])
-    history = logged.loc[logged["clicked"] == 1, ["user_id", "item_id", "ts", "price"]]
+    history = logged[["user_id", "item_id", "ts", "price", "position", "clicked"]]
     predicted = model_predictions(registry.model_dir(ws / "registry", champion), shuffled, catalog, params, "cpu",
                                   history=history)
     expected = pd.DataFrame({"event_id": shuffled["event_id"], "score_expected": predicted["score"]})

@@ -1,21 +1,29 @@
-"""What a user did before each impression: features of their earlier clicks, for the ranker.
+"""What happened before each impression: the user's earlier clicks and the item's earlier
+impressions, as features for the ranker.
 
-Every feature of a row reads only clicks strictly earlier than the row's own time, so the clicks of
+Every feature of a row reads only rows strictly earlier than the row's own time, so the labels of
 the row's request (which share its time) never leak into its features, and a day's rows may read
-the clicks of the days before it as well as their own day's earlier ones.
+the days before it as well as their own day's earlier rows.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-FEATURES = ("history_clicks", "history_title_cosine", "history_category_share", "history_price_gap")
-COLUMNS = ("user_id", "item_id", "ts", "price")  # what a history frame holds: one clicked impression a row
+USER_FEATURES = ("history_clicks", "history_title_cosine", "history_category_share", "history_price_gap")
+ITEM_FEATURES = ("item_click_ratio", "item_exposure")
+FEATURES = USER_FEATURES + ITEM_FEATURES
+COLUMNS = ("user_id", "item_id", "ts", "price", "position", "clicked")  # a history frame: impressions
 
 
-def clicked_rows(impressions: pd.DataFrame) -> pd.DataFrame:
-    """The clicked impressions as a history frame."""
-    return impressions.loc[impressions["clicked"].to_numpy() == 1, list(COLUMNS)]
+def history_rows(impressions: pd.DataFrame) -> pd.DataFrame:
+    """The impressions as a history frame (only the columns the features read)."""
+    return impressions.loc[:, [c for c in COLUMNS if c in impressions]]
+
+
+def clicked_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The clicked rows of a history frame (a frame without `clicked` holds clicks only)."""
+    return frame.loc[frame["clicked"].to_numpy() == 1] if "clicked" in frame else frame
 
 
 def _codes(*columns: pd.Series) -> list[np.ndarray]:
@@ -38,18 +46,63 @@ def _relative_log_price(price: pd.Series, category: np.ndarray, category_mean: n
 
 
 def features(impressions: pd.DataFrame, catalog: pd.DataFrame, texts: np.ndarray, title_rows: np.ndarray,
-             title_rows_of, history: pd.DataFrame | None, recent: int, chunk_rows: int = 32_768) -> np.ndarray:
-    """(n, len(FEATURES)) float32 for the impressions:
+             title_rows_of, history: pd.DataFrame | None, recent: int, item_prior: float,
+             max_position: int, chunk_rows: int = 32_768) -> np.ndarray:
+    """(n, len(FEATURES)) float32: user_features, then item_features. `history`: earlier impressions
+    (COLUMNS) of any time, each row reading those strictly before it; None: the impressions themselves."""
+    frame = history_rows(impressions) if history is None else history
+    users = user_features(impressions, catalog, texts, title_rows, title_rows_of, clicked_rows(frame), recent,
+                          chunk_rows)
+    items = item_features(impressions, frame, item_prior, max_position)
+    return np.hstack([users, items]).astype(np.float32)
+
+
+def item_features(impressions: pd.DataFrame, history: pd.DataFrame, prior: float, max_position: int) -> np.ndarray:
+    """(n, 2): item_click_ratio, log((clicks + prior) / (expected + prior)) over the item's earlier
+    impressions, where `expected` sums the click rate of each impression's position (a position-fair
+    attractiveness: an item clicked as often as its places predict is at 0); item_exposure,
+    log(1 + expected), how much evidence the ratio rests on. 0 for an item never shown before, or a
+    history frame without positions and labels."""
+    out = np.zeros((len(impressions), len(ITEM_FEATURES)), dtype=np.float32)
+    if len(impressions) == 0 or len(history) == 0 or not {"position", "clicked"} <= set(history):
+        return out
+    position = history["position"].to_numpy(dtype=np.int64).clip(1, max_position)
+    clicked = history["clicked"].to_numpy(dtype=np.float64)
+    # The position curve is an aggregate over every row handed in: no row's own label matters to it.
+    shown = np.bincount(position, minlength=max_position + 1).astype(np.float64)
+    rate = np.bincount(position, weights=clicked, minlength=max_position + 1) / np.maximum(shown, 1)
+    expected = rate[position]
+    row_item, past_item = _codes(impressions["item_id"], history["item_id"])
+    row_ts, past_ts = _microseconds(impressions["ts"]), _microseconds(history["ts"])
+    stamps, inverse = np.unique(np.concatenate([row_ts, past_ts]), return_inverse=True)
+    n_ts = len(stamps) + 1
+    row_t, past_t = inverse[:len(row_ts)], inverse[len(row_ts):]
+    order = np.lexsort((past_t, past_item))
+    key = past_item[order].astype(np.int64) * n_ts + past_t[order]
+    cum_clicks = np.concatenate([[0.0], np.cumsum(clicked[order])])
+    cum_expected = np.concatenate([[0.0], np.cumsum(expected[order])])
+    end = np.searchsorted(key, row_item.astype(np.int64) * n_ts + row_t, side="left")
+    start = np.searchsorted(key, row_item.astype(np.int64) * n_ts, side="left")
+    known = row_item >= 0
+    clicks = np.where(known, cum_clicks[end] - cum_clicks[start], 0.0)
+    seen = np.where(known, cum_expected[end] - cum_expected[start], 0.0)
+    out[:, 0] = np.log((clicks + prior) / (seen + prior))
+    out[:, 1] = np.log1p(seen)
+    return out
+
+
+def user_features(impressions: pd.DataFrame, catalog: pd.DataFrame, texts: np.ndarray, title_rows: np.ndarray,
+                  title_rows_of, clicks: pd.DataFrame, recent: int, chunk_rows: int = 32_768) -> np.ndarray:
+    """(n, len(USER_FEATURES)) float32 for the impressions:
     history_clicks: log(1 + the user's earlier clicks);
     history_title_cosine: cosine of the row's title with the mean title of the user's `recent` last clicks;
     history_category_share: share of the user's earlier clicks in the row's catalog category;
     history_price_gap: |the row's log price - the recent clicks' mean|, both relative to their category.
     0 where the user has no earlier click. `texts` holds unit vectors (a zero last row for no text),
-    `title_rows` each impression's title row in it, `title_rows_of(frame)` the same for a history frame.
-    `history`: clicked rows (COLUMNS) of any time; None: the impressions' own clicked rows."""
+    `title_rows` each impression's title row in it, `title_rows_of(frame)` the same for `clicks` (clicked
+    rows of any time)."""
     n = len(impressions)
-    out = np.zeros((n, len(FEATURES)), dtype=np.float32)
-    clicks = clicked_rows(impressions) if history is None else history
+    out = np.zeros((n, len(USER_FEATURES)), dtype=np.float32)
     clicks = clicks[clicks["user_id"].notna().to_numpy()]
     if n == 0 or len(clicks) == 0 or recent < 1:
         return out
