@@ -72,14 +72,14 @@ class Bench:
         # Rows the log itself marks as noise (the simulator's own bots and stray clicks) are neither
         # injected noise nor clean: detection is measured without them.
         self.measured = self.is_noise | ~log_noise(data_dir, self.days, self.noisy["event_id"])
-        # Each log's rows read the user-history features from that log's own clicks (and the earlier
-        # days' on disk, as the train stage's do): the noisy retrains see the noise in the history too.
+        # Each log's rows read the history features from that log's own rows (and the earlier days' on
+        # disk, as the train stage's do): the noisy retrains see the noise in the history too.
         build = lambda frame: build_features(frame, self.catalog, table, params,  # noqa: E731
                                              history_of(data_dir, self.days, frame, params))
         self.clean_x, self.noisy_x = build(clean), build(self.noisy)
         self.test = impressions[test].reset_index(drop=True)
         # The test rows are featured within the whole clean log, as evaluate features its held-out rows:
-        # their history holds the training rows' clicks before them. One set of inputs for every retrain.
+        # their history holds the training rows before them. One set of inputs for every retrain.
         self.test_x = build(impressions).subset(np.flatnonzero(test))
         truth = read_truths(data_dir, self.days)
         relevance = None if truth is None else true_relevance(self.test, truth)
@@ -146,11 +146,9 @@ class Bench:
 
 def history_of(data_dir, days: list[str], frame: pd.DataFrame, params: dict) -> pd.DataFrame:
     """The logged rows `frame`'s history features read: the earlier days' on disk and the frame's own."""
-    from pipeline import dataset
+    from pipeline.dataset import logged_history
 
-    # dataset.logged_history (earlier: click_history) gathers them as the train stage does.
-    gather = getattr(dataset, "logged_history", None) or dataset.click_history
-    return gather(data_dir, days, frame, params)
+    return logged_history(data_dir, days, frame, params)
 
 
 def mean_of(values: list) -> float | None:

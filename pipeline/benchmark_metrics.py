@@ -66,22 +66,42 @@ def auroc_by_kind(scores: np.ndarray, kind: np.ndarray) -> dict:
     return out
 
 
-def recovery(weighted: float | None, unweighted: float | None, clean: float | None, min_gap: float) -> float | None:
-    """(weighted - unweighted) / (clean - unweighted); None when the noise costs less than `min_gap`
-    (the ratio would be noise over noise)."""
-    if None in (weighted, unweighted, clean) or abs(clean - unweighted) < min_gap:
+NO_COST = "the noise did not cost the unweighted ranker anything on this metric"
+
+
+def noise_cost(unweighted: float | None, clean: float | None, higher_is_better: bool = True) -> float | None:
+    """What the noise cost the unweighted ranker on a metric, positive when the clean ranker is better
+    (clean - unweighted, or unweighted - clean for a metric where lower is better); None when undefined."""
+    if unweighted is None or clean is None:
+        return None
+    return (clean - unweighted) if higher_is_better else (unweighted - clean)
+
+
+def recovery(weighted: float | None, unweighted: float | None, clean: float | None, min_gap: float,
+             higher_is_better: bool = True) -> float | None:
+    """(weighted - unweighted) / (clean - unweighted); None when the noise costs the unweighted ranker
+    less than `min_gap` in the metric's better direction (NO_COST). A clean ranker no better than the
+    unweighted one would flip the ratio's sign: a weighted ranker better than the unweighted one would
+    get a negative recovery, so the sign is checked, not only the size of the gap."""
+    cost = noise_cost(unweighted, clean, higher_is_better)
+    if weighted is None or cost is None or cost <= 0 or cost < min_gap:
         return None
     return round((weighted - unweighted) / (clean - unweighted), 6)
 
 
 def recovery_standard_error(weighted: list[float], unweighted: list[float], clean: list[float],
-                            min_gap: float) -> float | None:
+                            min_gap: float, higher_is_better: bool = True) -> float | None:
     """Standard error of the recovery from per-seed test metrics, paired by seed (each seed's weighted,
     unweighted and clean retrains share their initialisation and batch order). The delta method on the
-    ratio of mean differences; None with fewer than two seeds or an undefined recovery."""
+    ratio of mean differences; None with fewer than two seeds, a seed without a value, or an undefined
+    recovery (the noise costs less than `min_gap` in the metric's better direction)."""
+    if not len(weighted) == len(unweighted) == len(clean) >= 2 or \
+            any(v is None for v in (*weighted, *unweighted, *clean)):
+        return None
     w, u, c = (np.asarray(v, dtype=np.float64) for v in (weighted, unweighted, clean))
-    gap = float((c - u).mean()) if len(u) else 0.0
-    if not len(w) == len(u) == len(c) >= 2 or abs(gap) < min_gap:
+    gap = float((c - u).mean())
+    cost = gap if higher_is_better else -gap
+    if cost <= 0 or cost < min_gap:
         return None
     ratio = float((w - u).mean()) / gap
     residual = (w - u) - ratio * (c - u)
@@ -89,11 +109,15 @@ def recovery_standard_error(weighted: list[float], unweighted: list[float], clea
 
 
 def select(estimators: dict, max_cost_ratio: float, tie_tolerance: float,
-           beat_baselines: bool = False) -> tuple[str | None, str]:
+           beat_baselines: bool = False, metric: str | None = None,
+           undefined_reason: str | None = None) -> tuple[str | None, str]:
     """(name, reason): the highest recovery among the estimators whose cost ratio is within budget; an
     estimator within `tie_tolerance` of the best and cheaper wins the tie. With `beat_baselines`, only an
     estimator whose recovery is above every baseline's (uniform weights: 0; random scores, which get the
-    same transform tries) can win: below that, its weights help no more than chance."""
+    same transform tries) can win: below that, its weights help no more than chance.
+
+    Each entry's `recovery` is the one on the benchmark's primary metric, named by `metric` in the
+    reason; `undefined_reason` says why recoveries are undefined when the reason lists some."""
     ran = {name: e for name, e in estimators.items() if e["kind"] == "estimator" and not e.get("error")}
     failed = sorted(name for name, e in estimators.items() if e["kind"] == "estimator" and e.get("error"))
     over = sorted(name for name, e in ran.items() if e["cost_ratio"] is None or e["cost_ratio"] > max_cost_ratio)
@@ -105,7 +129,8 @@ def select(estimators: dict, max_cost_ratio: float, tie_tolerance: float,
     eligible = {name: e for name, e in eligible.items() if name not in below}
     notes = ([f"over the cost budget ({max_cost_ratio:g} epochs): {', '.join(over)}"] if over else []) \
         + ([f"failed: {', '.join(failed)}"] if failed else []) \
-        + ([f"recovery undefined: {', '.join(undefined)}"] if undefined else []) \
+        + ([f"recovery undefined{f' ({undefined_reason})' if undefined_reason else ''}: {', '.join(undefined)}"]
+           if undefined else []) \
         + ([f"recovery not above the baselines' best ({floor:.3f}): {', '.join(below)}"] if below else [])
     if not eligible:
         why = "no estimator has a recovery within the cost budget" + \
@@ -116,7 +141,8 @@ def select(estimators: dict, max_cost_ratio: float, tie_tolerance: float,
     winner = min(tied, key=lambda name: (eligible[name]["cost_ratio"], name))
     e = eligible[winner]
     se = f" ± {e['recovery_se']:.3f}" if e.get("recovery_se") is not None else ""
-    reason = (f"{winner}: recovery {e['recovery']:.3f}{se} at cost ratio {e['cost_ratio']:.2f}, "
+    on = f" on {metric}" if metric else ""
+    reason = (f"{winner}: recovery{on} {e['recovery']:.3f}{se} at cost ratio {e['cost_ratio']:.2f}, "
               f"the highest among {len(eligible)} estimators within the cost budget ({max_cost_ratio:g} epochs)")
     if len(tied) > 1:
         others = ", ".join(f"{name} {eligible[name]['recovery']:.3f} at {eligible[name]['cost_ratio']:.2f}"

@@ -201,18 +201,64 @@ def _detection_table(result: dict) -> str:
                                *[f"AUROC {escape(k)}" for k in kinds], "error"], rows)
 
 
+def _metrics_of(result: dict) -> tuple[list[str], list[str]]:
+    """(the test metrics the result carries, the metrics recovery is measured on); a result from before
+    the true-relevance metric has TEST_METRICS and its primary metric."""
+    tests = list(result.get("test_metrics") or TEST_METRICS)
+    return tests, list(result.get("recovery_metrics") or [result.get("primary_metric", "auc_click")])
+
+
+def _recoveries(entry: dict, metrics: list[str], primary: str | None) -> list[str]:
+    """Recovery and its standard error on each metric (a result without recovery_by_metric has the
+    primary metric's alone)."""
+    by_metric = entry.get("recovery_by_metric") or {primary: {"recovery": entry.get("recovery"),
+                                                              "recovery_se": entry.get("recovery_se")}}
+    return [c for m in metrics for c in (_cell((by_metric.get(m) or {}).get("recovery")),
+                                         _cell((by_metric.get(m) or {}).get("recovery_se")))]
+
+
 def _retrain_table(result: dict) -> str:
     reference, oracle = result.get("reference", {}), result.get("oracle") or {}
+    tests, recovered = _metrics_of(result)
+    primary = result.get("primary_metric")
+    none = ["—", ""] * len(recovered)
     rows = [[f"<code>{escape(ref)}</code>", "reference", "weight 0 on the injected rows" if ref == "oracle" else ""]
-            + [_cell(reference[ref].get(m)) for m in TEST_METRICS]
-            + ([_cell(oracle.get("recovery")), _cell(oracle.get("recovery_se"))] if ref == "oracle" else ["—", ""])
+            + [_cell(reference[ref].get(m)) for m in tests]
+            + (_recoveries(oracle, recovered, primary) if ref == "oracle" else none)
             + ["", ""] for ref in ("clean", "unweighted", "oracle") if ref in reference]
-    rows += [_name_cells(name, e) + [_cell(e.get("transform"))] + [_cell((e.get("test") or {}).get(m)) for m in TEST_METRICS]
-             + [_cell(e.get("recovery")), _cell(e.get("recovery_se")), _by_transform_cell(e), _error_cell(e)]
+    rows += [[f"<code>{escape(name)}</code>", "trivial ranker", "no training: the test rows ordered by "
+              + ("a seeded random score" if name == "random" else escape(name.replace("_", " ")))]
+             + [_cell(values.get(m)) for m in tests] + none + ["", ""]
+             for name, values in (result.get("trivial_rankers") or {}).items()]
+    rows += [_name_cells(name, e) + [_cell(e.get("transform"))] + [_cell((e.get("test") or {}).get(m)) for m in tests]
+             + _recoveries(e, recovered, primary) + [_by_transform_cell(e), _error_cell(e)]
              for name, e in result["estimators"].items()]
-    return table("retrain", ["training log", "kind", "weight transform", *TEST_METRICS, "recovery",
-                             f"± standard error ({escape(str(result.get('train_seeds', '?')))} paired seeds)",
-                             "recovery by transform", "error"], rows)
+    seeds = escape(str(result.get("train_seeds", "?")))
+    recovery_heads = [h for m in recovered
+                      for h in (f"recovery on {escape(m)}" + (" (primary)" if m == primary else ""),
+                                f"± standard error ({seeds} paired seeds)")]
+    return table("retrain", ["training log", "kind", "weight transform", *map(escape, tests), *recovery_heads,
+                             f"recovery on {escape(str(primary))} by transform", "error"], rows)
+
+
+def _metric_line(result: dict) -> str:
+    """The primary metric (and why, when it is the fallback), and what the noise cost on each recovery metric."""
+    primary = escape(str(result.get("primary_metric")))
+    note = result.get("primary_metric_note")
+    costs = result.get("noise_cost") or {}
+    parts = []
+    for metric, cost in costs.items():
+        if cost.get("note"):
+            parts.append(f"on <code>{escape(metric)}</code> recovery is undefined: {escape(str(cost['note']))}")
+        else:
+            parts.append(f"on <code>{escape(metric)}</code> the noise costs the unweighted ranker "
+                         f"{_cell(cost.get('cost'))} (clean {_cell(cost.get('clean'))}, unweighted "
+                         f"{_cell(cost.get('unweighted'))})")
+    return (f"<p id='metric'>Primary metric: <code>{primary}</code>"
+            + (f" ({escape(str(note))})" if note else "") + ". Recovery = (weighted − unweighted) / (clean − "
+            "unweighted), on each metric; undefined when the clean ranker is not better than the unweighted one "
+            "by benchmark.min_recovery_gap."
+            + (" " + "; ".join(parts) + "." if parts else "") + "</p>")
 
 
 def _by_transform_cell(entry: dict) -> str:
@@ -273,9 +319,11 @@ def render(result: dict) -> str:
             "<h2>Retrain on the noisy log</h2><p>Test metrics of the model trained on the clean log, on the "
             "noisy log unweighted, and on the noisy log weighted by each estimator with its best weight transform "
             f"(the best on the primary metric), each averaged over {_cell(result.get('train_seeds'))} training "
-            "seeds. The oracle weighs the injected rows 0 and the others 1: its recovery is what weights alone "
-            "could reach on this log.</p>",
-            _retrain_table(result),
+            "seeds. The click metrics read pCTR at the logged position; the NDCGs order each test request by the "
+            "position-free ranking score (ndcg_at_K_true: gain = the simulator's true relevance). The oracle "
+            "weighs the injected rows 0 and the others 1: its recovery is what weights alone could reach on this "
+            "log. The trivial rankers are not trained: they show what ordering by nothing gets.</p>",
+            _metric_line(result), _retrain_table(result),
             "<h2>Cost</h2>",
             f"<p>One training epoch took {_cell(epoch)} s.</p>", _cost_table(result),
             "<h2>Curves</h2><div class='charts' id='charts'>",

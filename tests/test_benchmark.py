@@ -13,7 +13,8 @@ from pipeline.selection import TRANSFORM_KEYS
 
 DETECTION = {"auroc", "auprc", "f1_two_means", "recall_at_noise"}
 TRANSFORMS = tiny_params()["benchmark"]["transforms"]
-TEST = {"auc_click", "logloss_click", "ndcg_at_10"}
+TEST = {"auc_click", "logloss_click", "ndcg_at_10", "ndcg_at_10_true"}
+RECOVERED = ("ndcg_at_10_true", "auc_click")
 
 
 def test_two_means_splits_at_the_gap():
@@ -42,6 +43,22 @@ def test_auroc_by_kind_scores_each_kind_against_the_clean_rows():
 def test_recovery_is_undefined_when_the_noise_costs_nothing():
     assert bm.recovery(0.70, 0.68, 0.72, min_gap=0.001) == 0.5
     assert bm.recovery(0.70, 0.68, 0.6805, min_gap=0.001) is None
+
+
+def test_recovery_is_undefined_when_the_clean_ranker_is_not_better_whatever_the_gap():
+    """The sign, not only the size: a clean ranker worse than the unweighted one would flip the ratio's sign
+    (here a weighted ranker worse than both would get +2.0)."""
+    assert bm.recovery(0.70, 0.72, 0.71, min_gap=0.001) is None
+    assert bm.recovery(0.73, 0.72, 0.71, min_gap=0.001) is None
+    assert bm.recovery(0.70, 0.72, 0.72, min_gap=0.0) is None      # no cost at all, not a division by zero
+    assert bm.recovery_standard_error([0.70, 0.69], [0.72, 0.73], [0.71, 0.72], 0.001) is None
+    assert bm.recovery_standard_error([0.70, 0.69], [0.72, 0.72], [0.72, 0.72], 0.0) is None
+    # A metric where lower is better: the clean ranker must be lower.
+    assert bm.recovery(0.30, 0.31, 0.29, 0.001, higher_is_better=False) == 0.5
+    assert bm.recovery(0.30, 0.29, 0.31, 0.001, higher_is_better=False) is None
+    assert bm.recovery_standard_error([0.30, 0.31], [0.31, 0.32], [0.29, 0.30], 0.001, higher_is_better=False) == 0.0
+    assert bm.recovery_standard_error([0.30, 0.31], [0.29, 0.30], [0.31, 0.32], 0.001, higher_is_better=False) is None
+    assert bm.noise_cost(0.72, 0.71) == pytest.approx(-0.01) and bm.noise_cost(0.31, 0.29, False) == pytest.approx(0.02)
 
 
 def test_recovery_standard_error_matches_the_spread_of_recoveries_over_seed_draws():
@@ -110,6 +127,168 @@ def test_selection_can_require_beating_the_baselines():
     assert none is None and "above the baselines'" in why and "chance, hurts" in why
 
 
+class FakeBench:
+    """The benchmark's scoring and recovery path (Bench.scored, Bench.retrained, retrain_result) on a
+    hand-made test slice, with the trained rankers replaced by given predictions per (log, seed)."""
+
+    def __init__(self, test, relevance, predictions: dict, metric: str = "ndcg_at_10_true", seeds: int = 4):
+        from pipeline.benchmark import Bench, primary_metric
+        from pipeline.evaluate import Scorer
+
+        params = tiny_params()
+        self.params = params
+        self.cfg = {**params["benchmark"], "metric": metric, "train_seeds": seeds, "min_recovery_gap": 0.001}
+        self.scorer = Scorer(test, params["evaluate"], relevance, seed=7)
+        self.test_metrics_names = ["auc_click", "logloss_click", "ndcg_at_10", self.scorer.true_name]
+        self.metric, _ = primary_metric(self.cfg, self.test_metrics_names, True, self.scorer.true_name)
+        self.recovery_metrics = list(dict.fromkeys([self.metric, self.scorer.true_name, "auc_click"]))
+        self.predictions = predictions
+        self.scored = Bench.scored.__get__(self)
+        self.retrained = Bench.retrained.__get__(self)
+
+    def train(self, x, weights=None, epochs=None, run=0):
+        return self.predictions[x][run]
+
+    def test_metrics(self, model):
+        return self.scored(model)
+
+
+def ranking_case(seeds: int = 4, requests: int = 6, items: int = 14):
+    """A test slice of `requests` requests of `items` rows (more than NDCG's cut-off of 10); one row of the
+    last request has no true relevance, so that request drops out of the true NDCG. Per log and seed, a
+    position-free score that follows the relevance more or less closely and a pCTR that follows the clicks."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    n = requests * items
+    test = pd.DataFrame({"request_id": np.repeat([f"r{i}" for i in range(requests)], items),
+                         "clicked": (rng.random(n) < 0.3).astype(int)})
+    test["purchased"] = test["clicked"] * (rng.random(n) < 0.3)
+    relevance = rng.random(n).round(3)
+    relevance[-3] = np.nan
+    quality = {"clean": (1.0, 1.0), "unweighted": (0.3, 0.4), "weighted": (0.55, 0.9), "ranks_better": (0.8, 0.5)}
+    predictions = {}
+    for log, (ranking, clicks) in quality.items():
+        predictions[log] = []
+        for seed in range(seeds):
+            noise = np.random.default_rng(100 + seed).normal(0, 0.6, n) + rng.normal(0, 0.2, n)
+            score = ranking * np.nan_to_num(relevance) + (1 - ranking) * noise
+            p_click = 1 / (1 + np.exp(-(clicks * 2 * (test["clicked"].to_numpy() - 0.5) + (1 - clicks) * noise)))
+            predictions[log].append({"score": score + 1e-9 * np.arange(n), "p_click": p_click,
+                                     "p_purchase": p_click / 3})
+    return test, relevance, predictions
+
+
+def brute_ndcg_at_10(test, relevance, score) -> float:
+    values = []
+    for request in test["request_id"].unique():
+        rows = np.flatnonzero(test["request_id"].to_numpy() == request)
+        if np.isnan(relevance[rows]).any():
+            continue
+        order = sorted(rows, key=lambda r: -score[r])[:10]
+        dcg = sum(relevance[r] / np.log2(i + 2) for i, r in enumerate(order))
+        ideal = sum(g / np.log2(i + 2) for i, g in enumerate(sorted(relevance[rows], reverse=True)[:10]))
+        if ideal > 0:
+            values.append(dcg / ideal)
+    return float(np.mean(values))
+
+
+def brute_auc(clicked, p_click) -> float:
+    pos, neg = p_click[clicked == 1], p_click[clicked == 0]
+    return float(np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg]))
+
+
+def brute_recovery(weighted, unweighted, clean):
+    w, u, c = map(np.asarray, (weighted, unweighted, clean))
+    ratio = (w.mean() - u.mean()) / (c.mean() - u.mean())
+    residual = (w - u) - ratio * (c - u)
+    return ratio, np.sqrt(np.sum((residual - residual.mean()) ** 2) / (len(w) - 1)) / np.sqrt(len(w)) / abs(
+        c.mean() - u.mean())
+
+
+def test_recovery_on_the_true_relevance_ndcg_matches_a_brute_force_computation():
+    from pipeline.benchmark import retrain_result
+
+    test, relevance, predictions = ranking_case()
+    bench = FakeBench(test, relevance, predictions)
+    reference = {log: dict(zip(("test", "test_runs"), bench.retrained(log))) for log in ("clean", "unweighted")}
+    weighted = retrain_result(bench, bench.retrained("weighted"), reference)
+    clicked = test["clicked"].to_numpy()
+    brute = {log: {"ndcg_at_10_true": [brute_ndcg_at_10(test, relevance, p["score"]) for p in predictions[log]],
+                   "auc_click": [brute_auc(clicked, p["p_click"]) for p in predictions[log]]}
+             for log in ("clean", "unweighted", "weighted")}
+    for metric in ("ndcg_at_10_true", "auc_click"):
+        assert weighted["test_runs"][metric] == pytest.approx(brute["weighted"][metric], abs=1e-6)
+        assert weighted["test"][metric] == pytest.approx(np.mean(brute["weighted"][metric]), abs=1e-6)
+        ratio, se = brute_recovery(brute["weighted"][metric], brute["unweighted"][metric], brute["clean"][metric])
+        assert weighted["recovery_by_metric"][metric]["recovery"] == pytest.approx(ratio, abs=1e-4), metric
+        assert weighted["recovery_by_metric"][metric]["recovery_se"] == pytest.approx(se, abs=1e-4), metric
+    # The primary metric's recovery is the one the selection reads.
+    assert weighted["recovery"] == weighted["recovery_by_metric"]["ndcg_at_10_true"]["recovery"]
+    assert 0 < weighted["recovery_by_metric"]["ndcg_at_10_true"]["recovery"] < 1
+    assert weighted["recovery_by_metric"]["ndcg_at_10_true"]["recovery"] != pytest.approx(
+        weighted["recovery_by_metric"]["auc_click"]["recovery"], abs=0.05)
+
+
+def test_selection_picks_by_the_ranking_metric_when_it_is_the_primary_one():
+    """Two weightings that disagree: one retrains the better ranking score, the other the better click
+    model. The selection follows benchmark.metric."""
+    from pipeline.benchmark import noise_costs, retrain_result
+
+    test, relevance, predictions = ranking_case()
+    picked = {}
+    for metric in ("ndcg_at_10_true", "auc_click"):
+        bench = FakeBench(test, relevance, predictions, metric=metric)
+        reference = {log: dict(zip(("test", "test_runs"), bench.retrained(log))) for log in ("clean", "unweighted")}
+        assert all(cost["recovery_defined"] for cost in noise_costs(bench, reference).values())
+        estimators = {name: {"kind": "estimator", "cost_ratio": 1.0, "error": None,
+                             **retrain_result(bench, bench.retrained(log), reference)}
+                      for name, log in (("clicks_better", "weighted"), ("ranks_better", "ranks_better"))}
+        by_metric = {name: e["recovery_by_metric"] for name, e in estimators.items()}
+        assert by_metric["ranks_better"]["ndcg_at_10_true"]["recovery"] > by_metric["clicks_better"]["ndcg_at_10_true"]["recovery"]
+        assert by_metric["ranks_better"]["auc_click"]["recovery"] < by_metric["clicks_better"]["auc_click"]["recovery"]
+        picked[metric] = bm.select(estimators, 10, 0.0, metric=metric)
+    assert picked["ndcg_at_10_true"][0] == "ranks_better" and picked["auc_click"][0] == "clicks_better"
+    assert picked["ndcg_at_10_true"][1].startswith("ranks_better: recovery on ndcg_at_10_true ")
+
+
+def test_recovery_is_undefined_and_says_why_when_the_noise_costs_nothing_on_the_metric():
+    from pipeline.benchmark import noise_costs, retrain_result
+
+    test, relevance, predictions = ranking_case()
+    # The "clean" ranker is the poor one: the noise did not cost the unweighted ranker anything.
+    predictions = {**predictions, "clean": predictions["unweighted"], "unweighted": predictions["clean"]}
+    bench = FakeBench(test, relevance, predictions)
+    reference = {log: dict(zip(("test", "test_runs"), bench.retrained(log))) for log in ("clean", "unweighted")}
+    costs = noise_costs(bench, reference)
+    for metric in ("ndcg_at_10_true", "auc_click"):
+        assert costs[metric]["cost"] < -0.01 and not costs[metric]["recovery_defined"]
+        assert bm.NO_COST in costs[metric]["note"]
+    weighted = retrain_result(bench, bench.retrained("weighted"), reference)
+    assert weighted["recovery"] is None and weighted["recovery_se"] is None
+    assert all(r == {"recovery": None, "recovery_se": None} for r in weighted["recovery_by_metric"].values())
+    name, reason = bm.select({"a": {"kind": "estimator", "cost_ratio": 1.0, "error": None, **weighted}}, 10, 0.0,
+                             metric="ndcg_at_10_true", undefined_reason=bm.NO_COST)
+    assert name is None and f"recovery undefined ({bm.NO_COST}): a" in reason
+
+
+def test_primary_metric_falls_back_without_truth_and_bad_names_are_refused():
+    from pipeline.benchmark import check_metric, primary_metric
+
+    cfg = {"metric": "ndcg_at_10_true", "fallback_metric": "auc_click"}
+    names = ["auc_click", "logloss_click", "ndcg_at_10"]
+    assert primary_metric(cfg, [*names, "ndcg_at_10_true"], True, "ndcg_at_10_true") == ("ndcg_at_10_true", None)
+    metric, note = primary_metric(cfg, names, False, "ndcg_at_10_true")
+    assert metric == "auc_click" and "no true relevance" in note and "ndcg_at_10_true" in note
+    check_metric(cfg, 10)
+    with pytest.raises(ValueError, match="evaluate.ndcg_k 5"):
+        check_metric(cfg, 5)
+    with pytest.raises(ValueError, match="benchmark.metric: 'auroc'"):
+        check_metric({**cfg, "metric": "auroc"}, 10)
+    with pytest.raises(ValueError, match="benchmark.fallback_metric"):
+        check_metric({**cfg, "fallback_metric": "ndcg_at_10_true"}, 10)
+
+
 @pytest.fixture(scope="module")
 def tiny_log(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
@@ -133,16 +312,28 @@ def test_benchmark_command_measures_every_estimator_and_baseline_and_selects_the
     assert result["noise"]["noisy_rows"] == sum(result["noise"]["by_kind"].values()) > 0
     assert set(result["noise"]["by_kind"]) == {"false_click", "bot_sessions"}
     assert set(result["reference"]) == set(result["reference_runs"]) == {"clean", "unweighted", "oracle"}
-    assert isinstance(result["oracle"]["recovery"], float) and isinstance(result["oracle"]["recovery_se"], float)
-    assert all(len(runs) == 2 for runs in result["reference_runs"].values())  # benchmark.train_seeds
+    # The simulator's truth is there: the primary metric is the true-relevance NDCG, recovery is on it and
+    # on the click AUC.
+    assert result["truth"] is True and result["primary_metric"] == "ndcg_at_10_true"
+    assert result["primary_metric_note"] is None and result["recovery_metrics"] == list(RECOVERED)
+    assert result["selection"]["rule"]["metric"] == "ndcg_at_10_true"
+    assert set(result["noise_cost"]) == set(RECOVERED)
+    assert set(result["trivial_rankers"]) == {"random", "logging_order"}
+    assert 0 < result["trivial_rankers"]["random"]["ndcg_at_10_true"] < 1
+    assert set(result["oracle"]["recovery_by_metric"]) == set(RECOVERED)
+    assert all(set(runs) == set(RECOVERED) and all(len(r) == 2 for r in runs.values())  # benchmark.train_seeds
+               for runs in result["reference_runs"].values())
     for name, measured in result["estimators"].items():
         assert measured["error"] is None, name
         assert set(measured["detection"]) == DETECTION and set(measured["test"]) == TEST
         assert all(isinstance(v, float) for v in measured["detection"].values()), name
         assert all(isinstance(v, float) for v in measured["test"].values()), name
         assert isinstance(measured["recovery"], float) and isinstance(measured["cost_ratio"], float)
-        assert isinstance(measured["recovery_se"], float) and len(measured["test_runs"]) == 2, name
-        assert np.mean(measured["test_runs"]) == pytest.approx(measured["test"]["auc_click"], abs=1e-6), name
+        assert isinstance(measured["recovery_se"], float), name
+        assert measured["recovery"] == measured["recovery_by_metric"]["ndcg_at_10_true"]["recovery"], name
+        for metric in RECOVERED:
+            assert len(measured["test_runs"][metric]) == 2, name
+            assert np.mean(measured["test_runs"][metric]) == pytest.approx(measured["test"][metric], abs=1e-6), name
         if name != "uniform":
             assert len(measured["removal"]["lowest"]) == len(measured["removal"]["highest"]) == 2
             # Every candidate transform was retrained; the kept one has the best recovery of them.
@@ -213,3 +404,7 @@ def test_benchmark_runs_on_a_log_without_the_simulators_extras(tiny_log):
     assert measured["error"] is None and measured["detection"]["auroc"] is not None
     assert result["noise"]["by_kind"]["duplicates"] > 0 and result["noise"]["by_kind"]["missed_click"] > 0
     assert result["noise"]["log_noise_rows_not_measured"] == 0  # no truth files: every row is measured
+    # No truth: the click AUC is the primary metric, and the output says so.
+    assert result["truth"] is False and result["primary_metric"] == "auc_click"
+    assert "no true relevance" in result["primary_metric_note"] and result["recovery_metrics"] == ["auc_click"]
+    assert "ndcg_at_10_true" not in measured["test"] and "no true relevance" in result["selection"]["reason"]

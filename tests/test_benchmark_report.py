@@ -132,3 +132,59 @@ def test_strings_are_escaped_and_no_selection_is_said(tmp_path):
     assert "<b>odd</b>" not in html and "&lt;b&gt;odd&lt;/b&gt;" in html
     assert "data/&lt;raw&gt;" in html
     assert "No estimator was chosen: no estimator within the cost budget" in html
+
+
+def with_truth(res: dict) -> dict:
+    """The result as a log with the simulator's truth gives it: the true-relevance NDCG beside the click
+    metrics, recovery on both, the noise's cost on each, the trivial rankers."""
+    res["primary_metric"], res["primary_metric_note"] = "ndcg_at_10_true", None
+    res["test_metrics"] = [*METRICS, "ndcg_at_10_true"]
+    res["recovery_metrics"] = ["ndcg_at_10_true", "auc_click"]
+    for ref, value in (("clean", 0.9412), ("unweighted", 0.9213), ("oracle", 0.9377)):
+        res["reference"][ref]["ndcg_at_10_true"] = value
+    res["oracle"]["recovery_by_metric"] = {"ndcg_at_10_true": {"recovery": 0.8241, "recovery_se": 0.0611},
+                                           "auc_click": {"recovery": 0.655, "recovery_se": 0.0813}}
+    res["noise_cost"] = {"ndcg_at_10_true": {"clean": 0.9412, "unweighted": 0.9213, "cost": 0.0199,
+                                             "recovery_defined": True, "note": None},
+                         "auc_click": {"clean": 0.69, "unweighted": 0.695, "cost": -0.005, "recovery_defined": False,
+                                       "note": "the noise did not cost the unweighted ranker anything on this metric "
+                                               "(clean 0.6900, unweighted 0.6950)"}}
+    res["trivial_rankers"] = {"random": {"auc_click": 0.5012, "ndcg_at_10": 0.31, "ndcg_at_10_true": 0.6123},
+                              "logging_order": {"auc_click": 0.6644, "ndcg_at_10": 0.45, "ndcg_at_10_true": 0.7011}}
+    for name, e in res["estimators"].items():
+        if e.get("error"):
+            continue
+        e["test"]["ndcg_at_10_true"] = 0.9300 if name == "oof_loss" else 0.9251
+        e["recovery_by_metric"] = {"ndcg_at_10_true": {"recovery": e["recovery"], "recovery_se": 0.0427},
+                                   "auc_click": {"recovery": None, "recovery_se": None}}
+    return res
+
+
+def test_report_shows_the_true_relevance_ndcg_and_recovery_on_each_metric(tmp_path):
+    html = benchmark_report.write(tmp_path, with_truth(result())).read_text(encoding="utf-8")
+    retrain = section(html, "retrain")
+    head = retrain[:retrain.index("</tr>")]
+    assert "ndcg_at_10_true" in head and "recovery on ndcg_at_10_true (primary)" in head
+    assert "recovery on auc_click" in head and head.count("± standard error") == 2
+    oracle_row = retrain.split("<code>oracle</code>")[1].split("</tr>")[0]
+    assert "0.9377" in oracle_row and "0.8241" in oracle_row and "0.0611" in oracle_row and "0.655" in oracle_row
+    oof_row = retrain.split("<code>oof_loss</code>")[1].split("</tr>")[0]
+    assert "0.93" in oof_row and "0.5" in oof_row
+    for name, value in (("random", "0.6123"), ("logging_order", "0.7011")):
+        row = retrain.split(f"<code>{name}</code>")[1].split("</tr>")[0]
+        assert "trivial ranker" in row and value in row
+    metric = html[html.index("id='metric'"):]
+    metric = metric[:metric.index("</p>")]
+    assert "Primary metric: <code>ndcg_at_10_true</code>" in metric
+    assert "the noise costs the unweighted ranker 0.0199" in metric
+    assert "on <code>auc_click</code> recovery is undefined: the noise did not cost the unweighted ranker anything" \
+        in metric
+
+
+def test_report_says_when_the_primary_metric_is_the_fallback(tmp_path):
+    res = result()
+    res["primary_metric_note"] = "the log has no true relevance (no _truth/dt=DAY files): recovery and the " \
+                                 "selection go by auc_click, not benchmark.metric ndcg_at_10_true"
+    html = benchmark_report.write(tmp_path, res).read_text(encoding="utf-8")
+    assert "Primary metric: <code>auc_click</code> (the log has no true relevance" in html
+    assert "ndcg_at_10_true" not in section(html, "retrain")
