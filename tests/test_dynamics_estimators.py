@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from pipeline.dataset import DayData
-from pipeline.features import Features
+from pipeline.features import DENSE_FEATURES, Features
 from pipeline.importance import confident_learning as cl
 from pipeline.importance import data_oob, training_dynamics
 from pipeline.importance.registry import Context, get
@@ -34,7 +34,7 @@ def synthetic_context(seed: int = 0, clicks: np.ndarray | None = None) -> tuple[
     fifth of the requests is the holdout slice. Returns the context and the flipped mask."""
     rng = np.random.default_rng(seed)
     signal = rng.normal(size=ROWS).astype(np.float32)
-    dense = np.column_stack([signal, rng.normal(size=(ROWS, 3))]).astype(np.float32)
+    dense = np.column_stack([signal, rng.normal(size=(ROWS, len(DENSE_FEATURES) - 1))]).astype(np.float32)
     true_click = (signal > 0.5).astype(np.float32)
     flipped = rng.random(ROWS) < FLIP_RATE
     click = np.where(flipped, 1 - true_click, true_click).astype(np.float32) if clicks is None else clicks
