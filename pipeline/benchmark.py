@@ -92,6 +92,7 @@ class Bench:
                                                        self.scorer.true_name)
         self.recovery_metrics = list(dict.fromkeys(
             [self.metric, *([self.scorer.true_name] if self.has_truth else []), *RECOVERY_METRICS]))
+        self.noise_cost: dict = {}  # per recovery metric, once the references are trained (noise_costs)
         self.rows = {"rows": int(len(impressions)), "train_rows": int(len(clean)), "test_rows": int(len(self.test)),
                      "test_requests": int(self.scorer.n_groups),
                      "test_rows_without_truth": None if relevance is None else int(np.isnan(relevance).sum())}
@@ -277,6 +278,8 @@ def recovery_on(bench: Bench, metric: str, test: dict, runs: dict, reference: di
 
     gap, higher = float(bench.cfg["min_recovery_gap"]), higher_is_better(metric)
     unweighted, clean = reference["unweighted"], reference["clean"]
+    if not bench.noise_cost.get(metric, {}).get("recovery_defined", True):
+        return {"recovery": None, "recovery_se": None}  # the noise's cost is within its seed-to-seed spread
     return {"recovery": recovery(test[metric], unweighted["test"][metric], clean["test"][metric], gap, higher),
             "recovery_se": recovery_standard_error(runs[metric], unweighted["test_runs"][metric],
                                                    clean["test_runs"][metric], gap, higher)}
@@ -284,20 +287,30 @@ def recovery_on(bench: Bench, metric: str, test: dict, runs: dict, reference: di
 
 def noise_costs(bench: Bench, reference: dict) -> dict:
     """Per recovery metric: the clean and unweighted references, what the noise cost the unweighted ranker
-    (positive: the clean one is better) and, when recovery is undefined on it, why."""
-    from pipeline.benchmark_metrics import NO_COST, noise_cost
+    (positive: the clean one is better) with its standard error over the paired seeds and, when recovery
+    is undefined on it, why: the clean ranker is not better by benchmark.min_recovery_gap, or its lead is
+    within benchmark.min_cost_se standard errors (a ratio over a cost the seeds cannot tell from 0 is
+    noise over noise)."""
+    from pipeline.benchmark_metrics import NO_COST, UNCLEAR_COST, cost_standard_error, noise_cost
 
-    gap, out = float(bench.cfg["min_recovery_gap"]), {}
+    gap, min_se = float(bench.cfg["min_recovery_gap"]), float(bench.cfg.get("min_cost_se", 0.0))
+    out = {}
     for metric in bench.recovery_metrics:
         clean, unweighted = reference["clean"]["test"][metric], reference["unweighted"]["test"][metric]
         cost = noise_cost(unweighted, clean, higher_is_better(metric))
+        se = cost_standard_error(reference["unweighted"]["test_runs"][metric], reference["clean"]["test_runs"][metric])
         note = None
         if cost is None:
             note = "the test rows leave the metric undefined"
         elif cost <= 0 or cost < gap:
             note = f"{NO_COST} (clean {clean:.4f}, unweighted {unweighted:.4f}; benchmark.min_recovery_gap {gap:g})"
+        elif se is not None and cost < min_se * se:
+            note = (f"{UNCLEAR_COST} (clean - unweighted {cost:.4f} ± {se:.4f} over "
+                    f"{len(reference['clean']['test_runs'][metric])} paired seeds, under benchmark.min_cost_se "
+                    f"{min_se:g} standard errors)")
         out[metric] = {"clean": clean, "unweighted": unweighted, "cost": None if cost is None else round(cost, 6),
-                       "recovery_defined": note is None, "note": note}
+                       "cost_se": None if se is None else round(se, 6), "recovery_defined": note is None,
+                       "note": note}
     return out
 
 
@@ -396,12 +409,13 @@ def run(data_dir, days: list[str] | None, embeddings_dir, noise_text: str | None
     reference = {name: dict(zip(("test", "test_runs"), bench.retrained(x, weights)))
                  for name, x, weights in (("clean", bench.clean_x, None), ("unweighted", bench.noisy_x, None),
                                           ("oracle", bench.noisy_x, (~bench.is_noise).astype(np.float64)))}
+    costs = bench.noise_cost = noise_costs(bench, reference)
     oracle = retrain_result(bench, (reference["oracle"]["test"], reference["oracle"]["test_runs"]), reference)
-    costs = noise_costs(bench, reference)
     for metric, cost in costs.items():
         print(f"benchmark: {metric}: clean {cost['clean']}, unweighted {cost['unweighted']}, "
               f"oracle {reference['oracle']['test'][metric]}"
-              + (f"; recovery undefined: {cost['note']}" if cost["note"] else f"; the noise costs {cost['cost']}"))
+              + (f"; recovery undefined: {cost['note']}" if cost["note"]
+                 else f"; the noise costs {cost['cost']} ± {cost['cost_se']}"))
     results = {}
     for name in [*names, *BASELINES]:
         try:

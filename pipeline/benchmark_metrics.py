@@ -77,6 +77,18 @@ def noise_cost(unweighted: float | None, clean: float | None, higher_is_better: 
     return (clean - unweighted) if higher_is_better else (unweighted - clean)
 
 
+UNCLEAR_COST = "not enough evidence that the noise costs the unweighted ranker anything on this metric"
+
+
+def cost_standard_error(unweighted: list[float], clean: list[float]) -> float | None:
+    """Standard error of the noise's cost (clean - unweighted) over the paired seeds; None with fewer than
+    two seeds or a seed without a value."""
+    if not len(unweighted) == len(clean) >= 2 or any(v is None for v in (*unweighted, *clean)):
+        return None
+    d = np.asarray(clean, dtype=np.float64) - np.asarray(unweighted, dtype=np.float64)
+    return float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
 def recovery(weighted: float | None, unweighted: float | None, clean: float | None, min_gap: float,
              higher_is_better: bool = True) -> float | None:
     """(weighted - unweighted) / (clean - unweighted); None when the noise costs the unweighted ranker

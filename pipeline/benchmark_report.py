@@ -251,13 +251,14 @@ def _metric_line(result: dict) -> str:
         if cost.get("note"):
             parts.append(f"on <code>{escape(metric)}</code> recovery is undefined: {escape(str(cost['note']))}")
         else:
+            se = f" ± {_cell(cost['cost_se'])}" if cost.get("cost_se") is not None else ""
             parts.append(f"on <code>{escape(metric)}</code> the noise costs the unweighted ranker "
-                         f"{_cell(cost.get('cost'))} (clean {_cell(cost.get('clean'))}, unweighted "
+                         f"{_cell(cost.get('cost'))}{se} (clean {_cell(cost.get('clean'))}, unweighted "
                          f"{_cell(cost.get('unweighted'))})")
     return (f"<p id='metric'>Primary metric: <code>{primary}</code>"
             + (f" ({escape(str(note))})" if note else "") + ". Recovery = (weighted − unweighted) / (clean − "
             "unweighted), on each metric; undefined when the clean ranker is not better than the unweighted one "
-            "by benchmark.min_recovery_gap."
+            "by benchmark.min_recovery_gap, or by benchmark.min_cost_se standard errors over the paired seeds."
             + (" " + "; ".join(parts) + "." if parts else "") + "</p>")
 
 

@@ -3,9 +3,10 @@
 `python -m pipeline select --workspace WS --until DAY` benchmarks the workspace's most recent days up
 to DAY (benchmark.days of them), writes the benchmark's outputs to work/benchmark/until=DAY and, when
 an estimator won, puts its selection in selection/estimator.json and tracks that file with `dvc add`.
-Before each retrain, repro resolves the choice into run/estimator.json and run/weight_transform.json
-(dependencies of the importance stages), so a new selection rescores the next day and an unchanged one
-is a DVC cache hit.
+The benchmark picks by the recovery on benchmark.metric: NDCG@10 against the true relevance on a
+simulated log, the click AUC on a log without truth. Before each retrain, repro resolves the choice
+into run/estimator.json and run/weight_transform.json (dependencies of the importance stages), so a new
+selection rescores the next day and an unchanged one is a DVC cache hit.
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def run(workspace: str | Path, until: str, estimators: str | None = None) -> dic
                              cwd=workspace, capture_output=True, text=True)
     if tracked.returncode:
         raise RuntimeError(f"dvc add {SELECTION_FILE} failed: {tracked.stderr.strip()}")
-    print(f"select: {SELECTION_FILE} now names {result['selection']['estimator']} (benchmark of {', '.join(days)})")
+    print(f"select: {SELECTION_FILE} now names {result['selection']['estimator']} (benchmark of {', '.join(days)}, "
+          f"by the recovery on {result['primary_metric']})")
     return result
 
 

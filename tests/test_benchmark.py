@@ -143,6 +143,7 @@ class FakeBench:
         self.metric, _ = primary_metric(self.cfg, self.test_metrics_names, True, self.scorer.true_name)
         self.recovery_metrics = list(dict.fromkeys([self.metric, self.scorer.true_name, "auc_click"]))
         self.predictions = predictions
+        self.noise_cost = {}
         self.scored = Bench.scored.__get__(self)
         self.retrained = Bench.retrained.__get__(self)
 
@@ -272,6 +273,36 @@ def test_recovery_is_undefined_and_says_why_when_the_noise_costs_nothing_on_the_
     assert name is None and f"recovery undefined ({bm.NO_COST}): a" in reason
 
 
+def test_recovery_is_undefined_when_the_noise_cost_is_within_its_seed_to_seed_spread():
+    """A clean ranker ahead on average, but by less than benchmark.min_cost_se standard errors of the
+    per-seed difference: the seeds cannot tell the cost from 0, and a recovery over it is noise over noise."""
+    from pipeline.benchmark import noise_costs, retrain_result
+
+    test, relevance, predictions = ranking_case()
+    # Clean: ahead on two seeds, behind on the other two, a little ahead on average.
+    clean = [predictions["clean"][0], predictions["unweighted"][1], predictions["clean"][2], predictions["unweighted"][3]]
+    mixed = {**predictions, "clean": clean}
+    bench = FakeBench(test, relevance, mixed)
+    bench.cfg["min_cost_se"] = 2.0
+    reference = {log: dict(zip(("test", "test_runs"), bench.retrained(log))) for log in ("clean", "unweighted")}
+    costs = noise_costs(bench, reference)
+    runs = reference["clean"]["test_runs"]["ndcg_at_10_true"], reference["unweighted"]["test_runs"]["ndcg_at_10_true"]
+    d = np.subtract(*runs)
+    assert costs["ndcg_at_10_true"]["cost"] == pytest.approx(d.mean(), abs=1e-6) and d.mean() > 0
+    assert costs["ndcg_at_10_true"]["cost_se"] == pytest.approx(d.std(ddof=1) / 2, abs=1e-6)
+    assert costs["ndcg_at_10_true"]["cost"] < 2 * costs["ndcg_at_10_true"]["cost_se"]
+    assert not costs["ndcg_at_10_true"]["recovery_defined"] and bm.UNCLEAR_COST in costs["ndcg_at_10_true"]["note"]
+    bench.noise_cost = costs
+    weighted = retrain_result(bench, bench.retrained("weighted"), reference)
+    assert weighted["recovery_by_metric"]["ndcg_at_10_true"] == {"recovery": None, "recovery_se": None}
+    assert weighted["recovery"] is None
+    # With the check off, the same references give a (meaningless) ratio.
+    bench.cfg["min_cost_se"] = 0.0
+    bench.noise_cost = noise_costs(bench, reference)
+    assert bench.noise_cost["ndcg_at_10_true"]["recovery_defined"]
+    assert retrain_result(bench, bench.retrained("weighted"), reference)["recovery"] is not None
+
+
 def test_primary_metric_falls_back_without_truth_and_bad_names_are_refused():
     from pipeline.benchmark import check_metric, primary_metric
 
@@ -295,8 +326,8 @@ def tiny_log(tmp_path_factory):
     params = tiny_params()
     # Recovery defined however little the noise costs on a tiny log; no tie, so the rule is exact.
     # beat_baselines off: on a tiny log every recovery is noise, and the test is about which one wins.
-    params["benchmark"].update(removal_fractions=[0.1, 0.3], min_recovery_gap=0.0, tie_tolerance=0.0, train_seeds=2,
-                               beat_baselines=False)
+    params["benchmark"].update(removal_fractions=[0.1, 0.3], min_recovery_gap=0.0, min_cost_se=0.0, tie_tolerance=0.0,
+                               train_seeds=2, beat_baselines=False)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     run([sys.executable, "-m", "pipeline", "simulate", "--start", DAY, "--days", "1", "--params", "params.yaml",
          "--out", "data/raw"], folder)

@@ -48,7 +48,8 @@ def test_weekly_dag_selects_an_estimator_that_the_next_retrain_scores_with(airfl
     params = tiny_params()
     # On a tiny log every recovery is noise: the baselines' floor is off so that one estimator is chosen.
     params["benchmark"].update(estimators="click_model,position_ipw", days=2, removal_fractions=[0.1],
-                               min_recovery_gap=0.0, tie_tolerance=0.0, beat_baselines=False, train_seeds=1)
+                               min_recovery_gap=0.0, min_cost_se=0.0, tie_tolerance=0.0, beat_baselines=False,
+                               train_seeds=1)
     workspace = make_workspace(tmp_path / "ws", params)
     simulate(workspace, DAY, days=2)
     bag = DagBag(dag_folder=str(ROOT / "dags"))
@@ -61,6 +62,10 @@ def test_weekly_dag_selects_an_estimator_that_the_next_retrain_scores_with(airfl
 
     result = json.loads((workspace / "work/benchmark/until=2026-11-08/benchmark.json").read_text())
     assert result["log"]["days"] == [DAY, NEXT_DAY]
+    # The simulated days carry truth: the selection goes by the recovery on the true-relevance NDCG.
+    assert result["primary_metric"] == result["selection"]["rule"]["metric"] == "ndcg_at_10_true"
+    assert all(result["estimators"][name]["recovery"] == result["estimators"][name]["recovery_by_metric"][
+        "ndcg_at_10_true"]["recovery"] for name in ("click_model", "position_ipw"))
     recoveries = {name: result["estimators"][name]["recovery"] for name in ("click_model", "position_ipw")}
     chosen = json.loads((workspace / selection.SELECTION_FILE).read_text())
     assert chosen["estimator"] == max(recoveries, key=recoveries.get) != params["importance"]["estimator"]
