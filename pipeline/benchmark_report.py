@@ -259,7 +259,7 @@ def _metric_line(result: dict) -> str:
             + (f" ({escape(str(note))})" if note else "") + ". Recovery = (weighted − unweighted) / (clean − "
             "unweighted), on each metric; undefined when the clean ranker is not better than the unweighted one "
             "by benchmark.min_recovery_gap, or by benchmark.min_cost_se standard errors over the paired seeds."
-            + (" " + "; ".join(parts) + "." if parts else "") + "</p>")
+            + (" By metric: " + "; ".join(parts) + "." if parts else "") + "</p>")
 
 
 def _by_transform_cell(entry: dict) -> str:
