@@ -118,9 +118,12 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=4, help="simulated days (the last is only scored)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/ranking_quality"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ranking_quality.json")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared 2-core machine two threads a process mostly wait)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     params = load_params(ROOT / "params.yaml")
+    params["compute"]["threads"] = args.threads
     args.work.mkdir(parents=True, exist_ok=True)
     params_file = args.work / "params.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
