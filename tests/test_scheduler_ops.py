@@ -106,8 +106,10 @@ def deployment(tmp_path_factory):
                         "--to-date", BACKFILLED[-1], "--max-active-runs", "3")
         # Beside the backfill: the fourth day lands, and its announcement triggers a retrain of it.
         airflow.airflow("dags", "trigger", "sieve_raw_landed", "--conf", json.dumps({"day": LANDED}))
+        # The scheduler creates it once the backfill's runs are done (the DAG's max_active_runs is 1:
+        # "Asset-triggered Dags at max_active_runs, deferring"), so the wait covers three runs.
         airflow.wait_for(lambda: any(r["run_type"] == "asset_triggered" for r in airflow.runs("sieve_retrain")),
-                         300, "the landed day's retrain run")
+                         1200, "the landed day's retrain run")
         # Then the broken day lands (a separate event, after the first one's run was created: its own run).
         airflow.airflow("dags", "trigger", "sieve_raw_landed", "--conf", json.dumps({"day": BROKEN}))
         airflow.wait_for_runs("sieve_raw_landed", 2, timeout=300)
