@@ -166,6 +166,8 @@ def hash_values(values: pd.Series) -> np.ndarray:
     """A fixed hash of each value in 1..HASH_RANGE-1 (the same on every machine and run), 0 for a missing
     value; computed once per distinct value."""
     codes, uniques = pd.factorize(values)
+    if len(uniques) == 0:  # an all-null column (the contract allows it): nothing to hash, every row missing
+        return np.zeros(len(values), dtype=np.int64)
     hashed = pd.util.hash_array(np.asarray(uniques, dtype=object)) % np.uint64(HASH_RANGE - 1) + np.uint64(1)
     return np.where(codes >= 0, hashed.astype(np.int64)[np.maximum(codes, 0)], 0)
 
