@@ -6,13 +6,16 @@ so two runs interleaving their stages would read each other's files. A run first
 that its run holds it, and the run gives it back at its end (`release_workspace`, a teardown that
 runs on failure too). DVC's cache and run cache stay shared: a rerun is still a cache hit.
 
-run/lease.json    {"holder", "day", "acquired_at", "prepared", "waiting": {holder: {"day", "since", "seen_at"}}}
-run/leases.jsonl  one line per lease given back: who held it, for which day, from when to when
+run/lease.json    {"holder", "day", "asked_at", "acquired_at", "waited_seconds", "prepared",
+                   "waiting": {holder: {"day", "since", "seen_at"}}}
+run/leases.jsonl  one line per lease given back: who held it, for which day, from when it asked and
+                  when it held it to when
 
 A waiting run asks again every poke; the lease goes to the earliest day among the runs that asked
 recently (within `stale_after` seconds), so a backfill with several active runs still trains its
-days in order, and a run that stopped asking no longer holds the queue up. A run takes a free lease
-only after a poke interval in the queue, so that runs started together are all in it by then.
+days in order, and a run that stopped asking no longer holds the queue up. When other runs are
+active, a run takes a free lease only after a poke interval in the queue, so that runs started
+together are all in it by then; a run alone in its workspace takes it at once (`settle_seconds`).
 """
 from __future__ import annotations
 
@@ -74,6 +77,13 @@ def write(workspace: Path, lease: dict) -> None:
     write_bytes_atomic(workspace / LEASE, dumps_json(lease).encode())
 
 
+def settle_seconds(other_active_runs: int | None, poke_seconds: float) -> float:
+    """How long a run waits in the queue before it takes a free lease. Runs started together must
+    all be queued before the earliest day can be picked; a run with no other active run (`0`) has
+    nobody to wait for. None (unknown) waits, as a crowd would."""
+    return 0.0 if other_active_runs == 0 else float(poke_seconds)
+
+
 def acquire(workspace: str | Path, holder: str, day: str, stale_after: float, queue: bool = True,
             settle: float = 0.0) -> str | None:
     """Take the lease for `holder`, or (with `queue`) put it in the queue. None when it holds the lease
@@ -96,7 +106,8 @@ def acquire(workspace: str | Path, holder: str, day: str, stale_after: float, qu
         settled = not queue or t - since >= settle
         if lease["holder"] is None and first == holder and settled:
             del waiting[holder]
-            write(workspace, {"holder": holder, "day": day, "acquired_at": stamp(t), "waiting": waiting})
+            write(workspace, {"holder": holder, "day": day, "asked_at": stamp(since), "acquired_at": stamp(t),
+                              "waited_seconds": round(t - since, 3), "waiting": waiting})
             return None
         if not queue:
             del waiting[holder]
@@ -122,7 +133,8 @@ def release(workspace: str | Path, holder: str | None = None, taken_over: bool =
 
 def given_back(workspace: Path, lease: dict, forced: bool) -> dict:
     """Free the lease and log who held it (the caller holds the guard)."""
-    record = {"holder": lease["holder"], "day": lease["day"], "acquired_at": lease["acquired_at"],
+    record = {"holder": lease["holder"], "day": lease["day"], "asked_at": lease.get("asked_at"),
+              "acquired_at": lease["acquired_at"], "waited_seconds": lease.get("waited_seconds"),
               "released_at": stamp(now()), "forced": forced}
     with open(workspace / HISTORY, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, sort_keys=True) + "\n")

@@ -3,8 +3,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from conftest import DAY
+from conftest import DAY, ROOT
 from pipeline import lease
 
 STALE = 60.0
@@ -119,3 +120,69 @@ def test_a_by_hand_holder_that_was_killed_does_not_keep_the_lease(tmp_path, cloc
     lease.release(tmp_path, "scheduled__2026-11-02")
     assert lease.acquire(tmp_path, lease.command_holder(), DAY, STALE) is None
     assert lease.acquire(tmp_path, "scheduled__2026-11-03", DAY, STALE) is not None
+
+
+def test_a_lone_run_takes_a_free_lease_at_once_while_a_crowd_waits_a_poke(tmp_path, clock):
+    poke = 30
+    assert lease.acquire(tmp_path, "alone", DAY, STALE, settle=lease.settle_seconds(0, poke)) is None
+    held = lease.read(tmp_path)
+    assert held["waited_seconds"] == 0 and held["asked_at"] == held["acquired_at"]
+    lease.release(tmp_path, "alone")
+    assert lease.history(tmp_path)[-1]["waited_seconds"] == 0
+    # With another active run (or when Airflow cannot say), a free lease still waits a poke in the queue.
+    for others in (1, None):
+        holder = f"crowd-{others}"
+        settle = lease.settle_seconds(others, poke)
+        assert "first in the queue" in lease.acquire(tmp_path, holder, DAY, STALE, settle=settle)
+        clock[0] += poke
+        assert lease.acquire(tmp_path, holder, DAY, STALE, settle=settle) is None
+        assert lease.read(tmp_path)["waited_seconds"] == poke
+        lease.release(tmp_path, holder)
+
+
+LONE_DAG = """
+from datetime import datetime, timezone
+
+from airflow.sdk import dag
+from sieve_tasks import acquire_workspace, release_workspace
+
+
+@dag(dag_id="sieve_lease_alone", schedule=None, start_date=datetime(2026, 11, 1, tzinfo=timezone.utc))
+def alone():
+    acquire = acquire_workspace()
+    acquire >> release_workspace().as_teardown(setups=acquire)
+
+
+alone()
+"""
+
+
+@pytest.mark.slow
+def test_a_lone_airflow_run_takes_the_lease_on_its_first_poke(tmp_path, monkeypatch, airflow_db):
+    """The DAG's own lease tasks (plugins/sieve_tasks.py) in a run alone (dag.test): taken on the
+    first poke, with no poke interval spent in the queue."""
+    from datetime import datetime, timezone
+
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+
+    workspace, dags = tmp_path / "ws", tmp_path / "dags"
+    workspace.mkdir()
+    dags.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    poke = params["dag"]["lease"]["poke_seconds"]
+    assert poke >= 10  # the default interval, far from what a lone run may wait
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    (dags / "lone.py").write_text(LONE_DAG)
+    monkeypatch.setenv("SIEVE_WORKSPACE", str(workspace))
+    # dag.test runs a DAG the metadata database knows: serialize this one into it first.
+    DagBundlesManager().sync_bundles_to_db()
+    bag = BundleDagBag(dag_folder=str(dags), bundle_path=str(dags), bundle_name="dags-folder")
+    sync_bag_to_db(bag, "dags-folder", None)
+    dag = bag.get_dag("sieve_lease_alone")
+
+    run = dag.test(logical_date=datetime.fromisoformat(DAY).replace(tzinfo=timezone.utc))  # no schedule: the day itself
+    assert run.state == "success"
+    [record] = lease.history(workspace)
+    assert record["day"] == DAY and record["forced"] is False
+    assert record["waited_seconds"] < 1.0 and record["asked_at"] == record["acquired_at"]
