@@ -25,10 +25,14 @@ The mapping file (all keys optional):
     ts_timezone: Europe/Berlin               # zone of times without an offset (default UTC); times
                                              # with an offset keep it; wall-clock times a DST change
                                              # skips or repeats are quarantined
+    set: {contract_name: constant or rule}   # columns the log lacks: constants, ids derived from the
+    catalog_set: {contract_name: ...}        # row (hash, row, session), text from fields (template,
+                                             # join), copy; see pipeline/ingest_set.py
 
 Impression columns other than the contract's, f_* columns and listed features are dropped, with a note.
 Contract columns that may be null (query, propensity, price; category, brand, price in the catalog) are
-filled with nulls when absent; any other missing column is an error.
+filled with nulls when absent; any other column neither in the input nor under set: is an error, and
+every such column of every input is named in one message.
 
 Exit 0: done. Exit 2: an input cannot be read at all (missing, not Parquet, not UTF-8, a required column
 missing after mapping, a column of a type that cannot hold its contract type) or the mapping is invalid;
@@ -64,6 +68,8 @@ from pipeline.contract import (
     ContractError,
     DayPaths,
 )
+from pipeline.ingest_set import (Rule, fill_template, hash_ids, join_values, ordered, parse_rule, row_ids,
+                                 session_ids, text_of)
 from pipeline.params import load_params
 
 DEFAULTS = {"chunk_rows": 500_000, "csv_block_bytes": 8 << 20}
@@ -83,7 +89,11 @@ FEATURE_TYPES = {"int": "int", "int64": "int", "integer": "int", "float": "float
                  "double": "float", "string": "text", "str": "text", "category": "text"}
 FEATURE_ARROW = {"int": pa.int64(), "float": pa.float64(), "text": pa.string()}
 TS_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}
-MAPPING_KEYS = ("columns", "catalog_columns", "features", "ts_format", "ts_unit", "ts_timezone")
+MAPPING_KEYS = ("columns", "catalog_columns", "features", "ts_format", "ts_unit", "ts_timezone", "set",
+                "catalog_set")
+SET_KEYS = {IMPRESSIONS: "set", CATALOG: "catalog_set"}
+# Rules that make text: they can only fill text columns (ids, surface, query, title, ...).
+TEXT_RULES = ("hash", "row", "session", "template", "join")
 QUARANTINE_EXTRA = ("reason", "source_file", "source_row")
 TS_TYPE = pa.timestamp("us", tz="UTC")
 DAY_US = 86_400 * 1_000_000
@@ -123,6 +133,11 @@ class Mapping:
     ts_format: str | None = None
     ts_unit: str | None = None
     ts_timezone: str | None = None
+    set_rules: tuple = ()                                # impressions: Rule per set column, in evaluation order
+    catalog_set_rules: tuple = ()
+
+    def rules(self, table: str) -> tuple:
+        return self.catalog_set_rules if table == CATALOG else self.set_rules
 
     def renames(self, table: str) -> dict[str, str]:
         if table == CATALOG:
@@ -195,7 +210,53 @@ def load_mapping(path: str | Path | None) -> Mapping:
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ContractError(f"{path}: ts_timezone {zone!r} is not a known time zone") from exc
         zone = str(zone)
-    return Mapping(columns, renames("catalog_columns", CATALOG), features, ts_format, ts_unit, zone)
+    return Mapping(columns, renames("catalog_columns", CATALOG), features, ts_format, ts_unit, zone,
+                   _set_rules(path, raw, IMPRESSIONS), _set_rules(path, raw, CATALOG))
+
+
+def _set_rules(path, raw: dict, table: str) -> tuple:
+    """The `set:` / `catalog_set:` section: contract columns as constants or derived values."""
+    section_key = SET_KEYS[table]
+    section = raw.get(section_key) or {}
+    if not isinstance(section, dict):
+        raise ContractError(f"{path}: {section_key} must map contract columns to a constant or a rule")
+    rules = []
+    for target, spec in section.items():
+        key = f"{section_key}.{target}"
+        if target not in SCHEMAS[table].names:
+            raise ContractError(f"{path}: {key}: {target!r} is not a column of the {table} contract "
+                                f"({', '.join(SCHEMAS[table].names)})")
+        rule = parse_rule(path, key, target, spec)
+        kind = KINDS[table][target]
+        if rule.op in TEXT_RULES and kind != "string":
+            raise ContractError(f"{path}: {key}: {rule.op} makes text, but {target} is a {kind} column")
+        if rule.op == "const":
+            value = rule.args["value"]
+            if isinstance(value, bool) and kind == "flag":  # YAML's true/false for a 0/1 column
+                rule = Rule(target, "const", {"value": int(value)}, key)
+            _check_constant(path, key, target, kind, rule.args["value"], table)
+        rules.append(rule)
+    if sum(r.op == "session" for r in rules) > 1:
+        raise ContractError(f"{path}: {section_key}: at most one session rule")
+    if table == CATALOG and any(r.op == "session" for r in rules):
+        raise ContractError(f"{path}: {section_key}: session rules cut impressions into sessions; "
+                            f"the catalog has none")
+    return tuple(ordered(path, rules))
+
+
+def _check_constant(path, key: str, target: str, kind: str, value, table: str) -> None:
+    if value is None:
+        if target not in NULLABLE[table]:
+            raise ContractError(f"{path}: {key}: null, but {target} may not be null")
+        return
+    if kind == "ts":
+        raise ContractError(f"{path}: {key}: a constant time would put every row at one instant; "
+                            f"map a column to ts instead")
+    _, problems = convert_column(pa.array([str(value)]), target, kind, Mapping())
+    problems = [(r, m) for r, m in problems if not r.startswith("ts")]
+    if isinstance(value, bool) or any(mask.any() for _, mask in problems):
+        reason = "; ".join(r for r, m in problems if m.any()) or "a flag is 0 or 1"
+        raise ContractError(f"{path}: {key}: constant {value!r} does not fit ({reason})")
 
 
 # ---------------------------------------------------------------- reading
@@ -380,6 +441,8 @@ class FilePlan:
     take: dict[str, str]          # output column -> the file's column
     dropped: list[str]
     filled: list[str]             # nullable contract columns the file lacks
+    rules: tuple = ()             # set rules, in evaluation order
+    sessions: np.ndarray | None = None  # the session rule's id per data row (ingest's first pass)
 
 
 @dataclass
@@ -403,14 +466,34 @@ def plan_file(source: Source, table: str, mapping: Mapping) -> FilePlan:
         if target in take:
             raise ContractError(f"{source.path}: columns {take[target]!r} and {column!r} both map to {target!r}")
         take[target] = column
-    sources_of = {target: their for their, target in renames.items()}
-    missing = [c for c in contract if c not in take and c not in NULLABLE[table]]
-    if missing:
-        column = missing[0]
-        via = f" (the mapping renames {sources_of[column]!r} to it)" if column in sources_of else ""
-        raise ContractError(f"{source.path}: required column {column!r} is missing{via}")
-    filled = [c for c in contract if c not in take]
-    return FilePlan(source, take, dropped, filled)
+    rules = mapping.rules(table)
+    set_targets = {r.target for r in rules}
+    filled = [c for c in contract if c not in take and c not in set_targets]
+    return FilePlan(source, take, dropped, filled, rules)
+
+
+def missing_columns(plan: FilePlan, table: str, mapping: Mapping) -> str | None:
+    """What the file lacks of the contract's required columns, all at once, with the way to give them."""
+    sources_of = {target: their for their, target in mapping.renames(table).items()}
+    missing = [c for c in SCHEMAS[table].names
+               if c in plan.filled and c not in NULLABLE[table]]
+    if not missing:
+        return None
+    named = ", ".join(f"{c!r} (the mapping renames {sources_of[c]!r} to it)" if c in sources_of else repr(c)
+                      for c in missing)
+    return (f"{plan.source.path}: required {table} column(s) missing: {named}; map a column to each under "
+            f"{'columns' if table == IMPRESSIONS else 'catalog_columns'}: or give it under {SET_KEYS[table]}:")
+
+
+def check_references(plan: FilePlan, table: str) -> None:
+    """Every column a set rule reads is in the output or in the file."""
+    available = set(plan.take) | set(plan.source.schema.names)
+    for rule in plan.rules:
+        available.add(rule.target)
+        for name in rule.references():
+            if name not in available or (name == rule.target and name not in plan.take):
+                raise ContractError(f"{plan.source.path}: {rule.key}: reads {name!r}, which is neither a "
+                                    f"{table} column of the output nor a column of this file")
 
 
 def _infer_text_kind(column: pa.Array) -> tuple[bool, bool]:
@@ -428,6 +511,13 @@ def plan_tables(sources: list[Source], catalog: Source, mapping: Mapping, sectio
                 log: Log) -> tuple[list[FilePlan], FilePlan, TableSpec, TableSpec]:
     plans = [plan_file(s, IMPRESSIONS, mapping) for s in sources]
     cat_plan = plan_file(catalog, CATALOG, mapping)
+    missing = [m for m in [missing_columns(p, IMPRESSIONS, mapping) for p in plans]
+               + [missing_columns(cat_plan, CATALOG, mapping)] if m]
+    if missing:
+        raise ContractError("; ".join(missing))
+    for plan in plans:
+        check_references(plan, IMPRESSIONS)
+    check_references(cat_plan, CATALOG)
     for plan, table in [(p, IMPRESSIONS) for p in plans] + [(cat_plan, CATALOG)]:
         for target, column in plan.take.items():
             kind = KINDS[table].get(target) or mapping.declared_kind(target) or "text"
@@ -719,21 +809,80 @@ class Converted:
     reasons: Counter
 
 
+def _label(spec: TableSpec, name: str) -> str:
+    # Catalog reasons say so, as they are counted beside the impressions' own.
+    return name if spec.table == IMPRESSIONS else f"catalog.{name}"
+
+
+def _rule_values(rule: Rule, columns: dict, chunk: pa.Table, plan: FilePlan, first_row: int) -> pa.Array:
+    """The raw values a set rule gives the chunk's rows (cast to the column's type by the caller)."""
+    n = chunk.num_rows
+
+    def ref(name: str):  # the output's column first (renamed, cast, set), else the file's own
+        return columns[name] if name in columns else chunk.column(name)
+
+    if rule.op == "const":
+        value = rule.args["value"]
+        return pa.nulls(n, pa.string()) if value is None else pa.array([str(value)] * n, pa.string())
+    if rule.op == "copy":
+        return ref(rule.args["column"])
+    if rule.op == "hash":
+        return hash_ids([ref(c) for c in rule.args["columns"]])
+    if rule.op == "row":
+        return row_ids(rule.args["prefix"] or plan.source.name, first_row, n)
+    if rule.op == "template":
+        return fill_template(rule.args["template"], rule.args["fields"], [ref(c) for c in rule.args["fields"]])
+    if rule.op == "join":
+        return join_values([ref(c) for c in rule.args["columns"]], rule.args["sep"])
+    if rule.op == "session":
+        if plan.sessions is None:
+            raise RuntimeError("session ids are computed before the rows are converted")
+        return pa.array(plan.sessions[first_row:first_row + n], pa.string())
+    raise ValueError(rule.op)
+
+
+def _empty(arr: pa.Array) -> pa.Array:
+    """Where a column holds nothing: null, or blank text."""
+    if pa.types.is_string(arr.type):
+        return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(arr), ""), True)
+    return pc.is_null(arr)
+
+
+def apply_rules(chunk: pa.Table, plan: FilePlan, spec: TableSpec, mapping: Mapping, first_row: int,
+                columns: dict, problems: Problems, until: str | None = None) -> None:
+    """Give the set columns their values; a column the file has too is filled only where empty.
+    `until`: stop before that rule (the first pass computes what the session rule reads)."""
+    for rule in plan.rules:
+        if rule.op == until:
+            return
+        values = _rule_values(rule, columns, chunk, plan, first_row)
+        out, found = convert_column(values, _label(spec, rule.target), spec.kinds[rule.target], mapping)
+        if rule.target in columns:
+            empty = _empty(columns[rule.target])
+            out = pc.if_else(empty, out, columns[rule.target])
+            found = [(reason, mask & _mask(empty)) for reason, mask in found]
+        columns[rule.target] = out
+        problems += [(reason, mask) for reason, mask in found if mask.any()]
+
+
+def convert_columns(chunk: pa.Table, plan: FilePlan, spec: TableSpec, mapping: Mapping, first_row: int,
+                    until: str | None = None) -> tuple[dict, Problems]:
+    """The chunk's output columns (every row, bad ones too) and the problems found per row."""
+    columns: dict[str, pa.Array] = {}
+    problems: Problems = []
+    for name, column in plan.take.items():
+        out, found = convert_column(chunk.column(column), _label(spec, name), spec.kinds[name], mapping)
+        columns[name] = out
+        problems += [(reason, mask) for reason, mask in found if mask.any()]
+    apply_rules(chunk, plan, spec, mapping, first_row, columns, problems, until)
+    return columns, problems
+
+
 def convert_chunk(chunk: pa.Table, plan: FilePlan, spec: TableSpec, mapping: Mapping,
                   first_row: int) -> Converted:
     n = chunk.num_rows
-    arrays: list[pa.Array] = []
-    problems: Problems = []
-    for out_field in spec.schema:
-        column = plan.take.get(out_field.name)
-        if column is None:
-            arrays.append(pa.nulls(n, out_field.type))
-            continue
-        # Catalog reasons say so, as they are counted beside the impressions' own.
-        label = out_field.name if spec.table == IMPRESSIONS else f"catalog.{out_field.name}"
-        out, found = convert_column(chunk.column(column), label, spec.kinds[out_field.name], mapping)
-        arrays.append(out)
-        problems += [(reason, mask) for reason, mask in found if mask.any()]
+    columns, problems = convert_columns(chunk, plan, spec, mapping, first_row)
+    arrays = [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in spec.schema]
     table = pa.Table.from_arrays(arrays, schema=spec.schema)
     if not problems:
         return Converted(table, None, Counter())
@@ -856,6 +1005,45 @@ def _remove_dead_staging(out: Path) -> None:
 # ---------------------------------------------------------------- the stage
 
 
+def assign_sessions(plans: list[FilePlan], spec: TableSpec, mapping: Mapping, section: dict, log: Log) -> None:
+    """The session rule's id for every data row of every file, before the rows are written.
+
+    A session is a user's rows in time order, so it spans chunks and files: a first pass reads every
+    file, computes the columns the rule reads (user and ts, after the rules before it), and cuts
+    sessions over all rows at once. Memory: one user and one time per row."""
+    rule = next((r for r in mapping.set_rules if r.op == "session"), None)
+    if rule is None:
+        return
+    log(f"ingest: {rule.key}: a first pass over the impressions to cut each {rule.args['user']}'s rows "
+        f"into sessions")
+    users, times, valid, counts = [], [], [], []
+    for plan in plans:
+        rows = 0
+        for chunk in _chunks(plan.source, section["chunk_rows"], section["csv_block_bytes"]):
+            columns, problems = convert_columns(chunk, plan, spec, mapping, rows, until="session")
+            user = columns[rule.args["user"]] if rule.args["user"] in columns else chunk.column(rule.args["user"])
+            ts = columns["ts"]
+            ok = _mask(pc.and_(pc.is_valid(user), pc.is_valid(ts)))
+            for _, mask in problems:
+                ok &= ~mask
+            users.append(np.asarray(text_of(user).to_pylist(), dtype=object))
+            times.append(pc.fill_null(pc.cast(ts, pa.int64()), 0).to_numpy(zero_copy_only=False))
+            valid.append(ok)
+            rows += chunk.num_rows
+        counts.append(rows)
+    if not counts or not sum(counts):
+        for plan in plans:
+            plan.sessions = np.array([], dtype=object)
+        return
+    all_users = np.concatenate(users)
+    all_users = np.where(pd.isna(all_users), "", all_users).astype(str)
+    ids = session_ids(all_users, np.concatenate(times), np.concatenate(valid), rule.args["gap_us"])
+    for plan, start, count in zip(plans, np.cumsum([0] + counts[:-1]), counts):
+        plan.sessions = ids[start:start + count]
+    log(f"ingest: {rule.key}: {len(set(ids[np.concatenate(valid)]))} sessions "
+        f"(gap {rule.args['gap_us'] / 60e6:g} minutes)")
+
+
 def _stream(plan: FilePlan, spec: TableSpec, mapping: Mapping, section: dict, quarantine: QuarantineWriter,
             sink: Callable[[pa.Table], None]) -> tuple[int, Counter]:
     rows_read = 0
@@ -872,6 +1060,11 @@ def _stream(plan: FilePlan, spec: TableSpec, mapping: Mapping, section: dict, qu
     return rows_read, reasons
 
 
+def _some(names: list[str], shown: int = 8) -> str:
+    listed = ", ".join(n or "''" for n in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def run(impressions: list[str] | str, catalog: str, out: str | Path, params: dict | None = None,
         mapping: Mapping | str | Path | None = None, log: Log | None = None) -> dict:
     """Ingest impressions and a catalog into `out`; the days they touch are replaced whole.
@@ -884,9 +1077,12 @@ def run(impressions: list[str] | str, catalog: str, out: str | Path, params: dic
     sources = [open_source(p, section["csv_block_bytes"]) for p in files]
     cat_source = open_source(str(catalog), section["csv_block_bytes"])
     plans, cat_plan, spec, cat_spec = plan_tables(sources, cat_source, mapping, section, log)
+    assign_sessions(plans, spec, mapping, section, log)
     for plan in plans + [cat_plan]:
-        if plan.dropped:
-            log(f"ingest: {plan.source.path}: dropping column(s) {', '.join(plan.dropped)} "
+        read_by_rules = {name for rule in plan.rules for name in rule.references()}
+        dropped = [c for c in plan.dropped if c not in read_by_rules]
+        if dropped:
+            log(f"ingest: {plan.source.path}: dropping column(s) {_some(dropped)} "
                 f"(not in the contract, not f_*, not listed under features)")
         if plan.filled:
             log(f"ingest: {plan.source.path}: no column for {', '.join(plan.filled)}; filled with nulls")
