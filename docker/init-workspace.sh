@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Make $SIEVE_WORKSPACE the DVC repository the DAG's tasks run in (README: "Where the workspace is"),
-# as tests/conftest.py's make_workspace does: the image's dvc.yaml, pipeline code and .dvcignore,
-# the params at /opt/sieve/params.yaml (the file compose mounts there), git init, dvc init.
+# Make $SIEVE_WORKSPACE the DVC repository the DAG's tasks run in (README: "Where the workspace is")
+# with `python -m pipeline init`, as tests/conftest.py's make_workspace does: the image's dvc.yaml,
+# pipeline code and .dvcignore, the params at /opt/sieve/params.yaml (the file compose mounts there),
+# git init, dvc init, data/raw/.
 # Run by the compose file's airflow-init service on every `up`, so a new image's code and the
 # current params reach the workspace; data/, work/, run/, registry/ and the DVC cache stay as they are.
 # SIEVE_SOURCE (default /opt/sieve, the image's copy) says where the project files come from.
@@ -10,23 +11,10 @@ set -euo pipefail
 
 src="${SIEVE_SOURCE:-/opt/sieve}"
 ws="${SIEVE_WORKSPACE:?SIEVE_WORKSPACE must name the shared workspace folder}"
-mkdir -p "$ws"
-cd "$ws"
 
-cp "$src/dvc.yaml" "$src/params.yaml" "$src/.dvcignore" .
-# Replace the code whole, so a module removed from the image does not linger in the workspace.
-rm -rf .pipeline.new
-cp -r "$src/pipeline" .pipeline.new
-find .pipeline.new -name __pycache__ -prune -exec rm -rf {} +
-rm -rf pipeline
-mv .pipeline.new pipeline
-
-[ -d .git ] || git init -q
-if [ ! -d .dvc ]; then
-    python -m dvc init -q
-    python -m dvc config core.analytics false
-fi
+# From the source folder: python -m pipeline must run the image's code, not the workspace's copy.
+(cd "$src" && python -m pipeline init "$ws" --force --source "$src" --params "$src/params.yaml")
 if [ -n "${SIEVE_DVC_REMOTE:-}" ]; then
-    python -m dvc remote add --force --default storage "$SIEVE_DVC_REMOTE"
+    (cd "$ws" && python -m dvc remote add --force --default storage "$SIEVE_DVC_REMOTE")
 fi
 echo "workspace ready: $ws"

@@ -7,6 +7,7 @@ import sys
 
 # command -> module holding `add_arguments(parser)` and `main(args) -> int`
 COMMANDS = {
+    "init": ("pipeline.workspace", "make a workspace (git + DVC, params, dvc.yaml) for your own data"),
     "simulate": ("pipeline.simulate", "write simulated logs in the data contract's layout"),
     "ingest": ("pipeline.ingest", "bring your own logs (Parquet or CSV) into the data contract's layout"),
     "validate": ("pipeline.validate", "check one day against the data contract (Great Expectations)"),

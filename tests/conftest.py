@@ -68,16 +68,11 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def make_workspace(path: Path, params: dict | None = None) -> Path:
-    """A fresh DVC repository holding the project's dvc.yaml, params and pipeline code."""
-    path.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
-    shutil.copytree(ROOT / "pipeline", path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    (path / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
-    run(["git", "init", "-q"], path)
-    run([sys.executable, "-m", "dvc", "init", "-q"], path)
-    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], path)
-    shutil.copy(ROOT / ".dvcignore", path / ".dvcignore")
-    return path
+    """A fresh DVC repository holding the project's dvc.yaml, params and pipeline code, made as
+    `python -m pipeline init` makes one."""
+    from pipeline.workspace import init_workspace
+
+    return init_workspace(path, params or tiny_params(), source=ROOT, force=True)
 
 
 def simulate(workspace: Path, day: str, days: int = 1) -> None:
