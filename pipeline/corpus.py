@@ -71,7 +71,10 @@ def day_corpus(data_dir: str | Path, day: str) -> Corpus:
     except (OSError, pa.ArrowException) as exc:
         raise ContractError(f"{DayPaths(Path(data_dir), day).impressions_dir}: cannot read query, item_id "
                             f"and clicked ({exc})") from exc
-    return from_tables(pa.concat_tables(tables, promote_options="permissive"), read_catalog(data_dir, day))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    # A recommend-only day may store `query` as Arrow's null type, which has no string kernels.
+    query = table.schema.get_field_index("query")
+    return from_tables(table.set_column(query, "query", table["query"].cast(pa.string())), read_catalog(data_dir, day))
 
 
 def save(directory: str | Path, corpus: Corpus) -> None:
