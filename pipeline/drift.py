@@ -3,6 +3,12 @@
 Each statistic gets a warn and a fail threshold (params: validate.drift.checks). The change is
 measured against the mean of the window's earlier days: `relative` |x - m| / m, `absolute` |x - m|,
 or `value`: x itself (for shares that are already a comparison with the past, like new items).
+
+Rates (click-through overall and by position, purchase rate, null rates) are also judged on the
+counts behind them: a change beyond the thresholds counts only when Fisher's exact test of the day's
+count against the earlier days' pooled count says chance would rarely give it (p below
+validate.drift.rate_alpha). On a sparse log, 0 clicks at position 2 where 2.7 were expected is chance,
+not drift; on a large log any change past the thresholds is significant and decides as before.
 """
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from scipy.stats import fisher_exact
 
 from pipeline.contract import ContractError, DayPaths, impression_parts, read_impressions
 
@@ -82,6 +90,28 @@ def day_statistics(impressions: pd.DataFrame, positions: int, seen_items: set | 
     return stats
 
 
+def rate_counts(impressions: pd.DataFrame, positions: int) -> dict[str, tuple[int, int]]:
+    """(events, rows) behind each rate statistic of day_statistics: what its sampling noise depends on."""
+    clicked = pd.to_numeric(impressions["clicked"], errors="coerce").fillna(0)
+    position = pd.to_numeric(impressions["position"], errors="coerce")
+    counts = {"ctr": (int(clicked.sum()), len(clicked)),
+              "purchase_rate": (int(pd.to_numeric(impressions["purchased"], errors="coerce").fillna(0).sum()),
+                                len(impressions))}
+    for p in range(1, positions + 1):
+        at = clicked[position == p]
+        counts[f"ctr_position_{p}"] = (int(at.sum()), len(at))
+    for column in [*NULLABLE_COLUMNS, *sorted(c for c in impressions.columns if c.startswith("f_"))]:
+        if column in impressions:
+            counts[f"null_rate_{column}"] = (int(impressions[column].isna().sum()), len(impressions))
+    return counts
+
+
+def chance_p_value(today: tuple[int, int], history: tuple[int, int]) -> float:
+    """Two-sided Fisher exact p-value of the day's (events, rows) against the earlier days' pooled ones."""
+    (k, n), (k_past, n_past) = today, history
+    return float(fisher_exact([[k, n - k], [k_past, n_past - k_past]]).pvalue)
+
+
 def statistics_over(days: list[tuple[str, pd.DataFrame]], positions: int) -> list[dict]:
     """Statistics of each day, oldest first; each day's new shares are against the days before it."""
     seen_items: set = set()
@@ -94,14 +124,19 @@ def statistics_over(days: list[tuple[str, pd.DataFrame]], positions: int) -> lis
     return out
 
 
-def rule_for(statistic: str, checks: dict) -> dict | None:
+def rule_name(statistic: str, checks: dict) -> str | None:
     """`ctr_position_3` is governed by `ctr_position`, `null_rate_price` by `null_rate`."""
     if statistic in checks:
-        return checks[statistic]
+        return statistic
     for prefix in ("ctr_position", "null_rate"):
         if statistic.startswith(prefix + "_") and prefix in checks:
-            return checks[prefix]
+            return prefix
     return None
+
+
+def rule_for(statistic: str, checks: dict) -> dict | None:
+    name = rule_name(statistic, checks)
+    return None if name is None else checks[name]
 
 
 def change(value: float, baseline: float, kind: str) -> float:
@@ -125,7 +160,12 @@ def bands(baseline: float | None, rule: dict) -> dict:
             "fail": [baseline * (1 - fail), baseline * (1 + fail)]}
 
 
-def check(statistic: str, today: dict, history: list[dict], rule: dict, min_history: int) -> dict:
+def check(statistic: str, today: dict, history: list[dict], rule: dict, min_history: int,
+          counts: tuple[tuple[int, int], tuple[int, int]] | None = None, alpha: float = 0.0,
+          key: str | None = None) -> dict:
+    """`counts`: the rate's (events, rows) of the day and of the earlier days pooled; with `alpha` > 0 a
+    change past the thresholds that Fisher's test puts within chance (p >= alpha) passes. `key`: the
+    params path of the rule, named in the detail."""
     if rule["change"] not in CHANGE_KINDS:
         raise ValueError(f"validate.drift.checks: change {rule['change']!r} for {statistic} is not one of {CHANGE_KINDS}")
     value = today[statistic]
@@ -147,16 +187,31 @@ def check(statistic: str, today: dict, history: list[dict], rule: dict, min_hist
         amount = change(value, baseline, rule["change"])
     status = FAILED if amount >= rule["fail"] else WARNING if amount >= rule["warn"] else PASSED
     shown = "inf" if amount == float("inf") else round(amount, 6)
-    return {**result, "change": shown, "status": status, "detail": describe(statistic, value, baseline, amount, rule)}
+    detail = describe(statistic, value, baseline, amount, rule, key)
+    if counts is not None and rule["change"] != "value":
+        (k, n), (k_past, n_past) = counts
+        expected = round(n * k_past / n_past, 2) if n_past else None
+        result.update(events=k, rows=n, expected_events=expected)
+        if status != PASSED and alpha > 0:
+            p = chance_p_value(counts[0], counts[1])
+            result["p_value"] = round(p, 6)
+            if p >= alpha:
+                status = PASSED
+                detail += (f"; within chance at these counts: {k} of {n} rows where the earlier days give "
+                           f"{expected} (Fisher p={p:.3g} >= validate.drift.rate_alpha={alpha:g})")
+    return {**result, "change": shown, "status": status, "detail": detail}
 
 
-def describe(statistic: str, value: float, baseline: float | None, amount: float, rule: dict) -> str:
+def describe(statistic: str, value: float, baseline: float | None, amount: float, rule: dict,
+             key: str | None = None) -> str:
+    knob = f": {key}" if key else ""
     if rule["change"] == "value":
-        return f"{statistic}={value:.4g} (warn at {rule['warn']}, fail at {rule['fail']})"
+        return f"{statistic}={value:.4g} (warn at {rule['warn']}, fail at {rule['fail']}{knob})"
     unit = "%" if rule["change"] == "relative" else ""
     scale = 100 if unit else 1
-    return (f"{statistic}={value:.4g} vs mean {baseline:.4g} of earlier days: change {amount * scale:.3g}{unit} "
-            f"(warn at {rule['warn'] * scale:g}{unit}, fail at {rule['fail'] * scale:g}{unit})")
+    moved = ("up from 0" if amount == float("inf") else f"{amount * scale:.3g}{unit}")
+    return (f"{statistic}={value:.4g} vs mean {baseline:.4g} of earlier days: change {moved} "
+            f"(warn at {rule['warn'] * scale:g}{unit}, fail at {rule['fail'] * scale:g}{unit}{knob})")
 
 
 def load_window(data_dir: str | Path, earlier_days: list[str]) -> tuple[list[tuple[str, pd.DataFrame]], list[str]]:
@@ -170,11 +225,34 @@ def load_window(data_dir: str | Path, earlier_days: list[str]) -> tuple[list[tup
     return frames, unreadable
 
 
+def rate_alpha(cfg: dict) -> float:
+    alpha = cfg.get("rate_alpha", 0.0)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+        raise ValueError(f"validate.drift.rate_alpha must be a number in [0, 1), got {alpha!r}")
+    return float(alpha)
+
+
+def pooled_counts(today_frame: pd.DataFrame, frames: list[tuple[str, pd.DataFrame]],
+                  positions: int) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """Each rate's (events, rows) on the day, and summed over the earlier days that have it."""
+    today = rate_counts(today_frame, positions)
+    past = [rate_counts(frame, positions) for _, frame in frames]
+    out = {}
+    for name, counts in today.items():
+        having = [p[name] for p in past if name in p and p[name][1] > 0]
+        out[name] = (counts, (sum(k for k, _ in having), sum(n for _, n in having)))
+    return out
+
+
 def drift_report(day: str, today_frame: pd.DataFrame, frames: list[tuple[str, pd.DataFrame]],
                  unreadable: list[str], cfg: dict) -> dict:
     """Statistics of the day and its window, and one check per statistic that has a rule."""
-    series = statistics_over([*frames, (day, today_frame)], int(cfg["positions"]))
+    positions = int(cfg["positions"])
+    series = statistics_over([*frames, (day, today_frame)], positions)
     history, today = series[:-1], series[-1]
-    checks = [check(name, today, history, rule, int(cfg["min_history_days"]))
-              for name in today if name != "day" and (rule := rule_for(name, cfg["checks"])) is not None]
+    counts = pooled_counts(today_frame, frames, positions)
+    alpha = rate_alpha(cfg)
+    checks = [check(name, today, history, cfg["checks"][rule], int(cfg["min_history_days"]), counts.get(name),
+                    alpha, f"validate.drift.checks.{rule}")
+              for name in today if name != "day" and (rule := rule_name(name, cfg["checks"])) is not None]
     return {"days": [d for d, _ in frames], "unreadable_days": unreadable, "statistics": series, "checks": checks}

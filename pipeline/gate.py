@@ -30,7 +30,12 @@ A slice with fewer than `gate.min_slice_rows` rows, or a metric undefined on a s
 click), is reported as skipped, not failed. On the whole slice a metric that the held-out labels
 leave undefined (no purchase, no click: no AUC) is skipped as "not enough evidence" with the reason,
 except the primary ranking metric, which must be defined. decision.json names the check that
-decided (`deciding_check`) and the reason starts with it.
+decided (`deciding_check`) and the reason starts with it. Every threshold's check names its params
+key (gate.checks.auc_click.min_value, ...).
+
+With fewer held-out clicks than `gate.min_clicks` the gate does not decide: the decision is
+NOT_ENOUGH_EVIDENCE (not blessed, so promote keeps the champion, and not a failure of the run), and
+the checks are kept in decision.json for the record.
 """
 from __future__ import annotations
 
@@ -43,6 +48,8 @@ from pipeline.metrics import direction_of
 from pipeline.params import load_params
 
 BLESSED, NOT_BLESSED = "BLESSED", "NOT_BLESSED"
+# Too few held-out clicks to judge (gate.min_clicks): neither blessed nor failed, the champion is kept.
+NOT_ENOUGH_EVIDENCE = "NOT_ENOUGH_EVIDENCE"
 OVERALL = "overall"
 DIRECTIONS = ("higher", "lower")
 RULE_KEYS = ("direction", "min_value", "max_value", "max_regression", "max_relative_regression")
@@ -100,10 +107,13 @@ def _interval_text(interval: dict) -> str:
 
 
 def check_metric(name: str, rule: dict, value, baseline, slice_name: str = OVERALL,
-                 interval: dict | None = None, level: float | None = None) -> list[dict]:
+                 interval: dict | None = None, level: float | None = None, key: str | None = None) -> list[dict]:
     """The value check, and the change checks when there is a champion to compare with. `interval`:
     evaluate's bootstrap interval of candidate - champion ({diff, lower, upper}); with it a change
-    check fails only when the whole interval is beyond the allowed change."""
+    check fails only when the whole interval is beyond the allowed change. `key`: the params path of
+    the rule (gate.checks.NAME), named in each check's detail so a failure says which knob to turn."""
+    def knob(threshold: str) -> str:
+        return f" ({key}.{threshold})" if key else ""
     higher = rule["direction"] == "higher"
     at_least = (lambda v, bound: v >= bound) if higher else (lambda v, bound: v <= bound)
     sign, way = (-1, "down") if higher else (1, "up")
@@ -113,18 +123,19 @@ def check_metric(name: str, rule: dict, value, baseline, slice_name: str = OVERA
         bound = rule[bound_key]
         checks.append(_check(name, slice_name, "value", value, baseline, bound,
                              value is not None and at_least(value, bound),
-                             f"{name}={value} must be {'>=' if higher else '<='} {bound}"))
+                             f"{name}={value} must be {'>=' if higher else '<='} {bound}{knob(bound_key)}"))
     if baseline is None:
         return checks
     changes = []
     if "max_regression" in rule:
         allowed = rule["max_regression"]
-        changes.append(("change", allowed, f"may move at most {allowed} {way}"))
+        changes.append(("change", allowed, f"may move at most {allowed} {way}{knob('max_regression')}"))
     if "max_relative_regression" in rule:
         fraction = rule["max_relative_regression"]
         allowed = fraction * abs(baseline)
         changes.append(("relative_change", allowed, f"may move at most {fraction:.1%} of the champion's value "
-                                                     f"{way} (limit {round(baseline + sign * allowed, 6)})"))
+                                                     f"{way} (limit {round(baseline + sign * allowed, 6)})"
+                                                     f"{knob('max_relative_regression')}"))
     for kind, allowed, text in changes:
         limit = baseline + sign * allowed
         if interval is not None and value is not None:
@@ -143,8 +154,9 @@ def check_metric(name: str, rule: dict, value, baseline, slice_name: str = OVERA
     return checks
 
 
-def slice_checks(name: str, scored: dict, rules: dict, min_rows: int) -> tuple[list[dict], list[dict]]:
-    """(checks, skipped) of one slice."""
+def slice_checks(name: str, scored: dict, rules: dict, min_rows: int,
+                 where: str = "gate.slice_checks") -> tuple[list[dict], list[dict]]:
+    """(checks, skipped) of one slice; `where`: the params section of its rules."""
     if scored["rows"] < min_rows:
         return [], [{"slice": name, "metric": None, "rows": scored["rows"],
                      "reason": f"{scored['rows']} rows, fewer than gate.min_slice_rows={min_rows}"}]
@@ -156,7 +168,7 @@ def slice_checks(name: str, scored: dict, rules: dict, min_rows: int) -> tuple[l
             skipped.append({"slice": name, "metric": metric, "rows": scored["rows"],
                             "reason": f"{metric} is undefined on this slice (one class or no click)"})
             continue
-        checks.extend(check_metric(metric, rule, value, baseline, name))
+        checks.extend(check_metric(metric, rule, value, baseline, name, key=f"{where}.{metric}"))
     return checks, skipped
 
 
@@ -217,7 +229,7 @@ def ranking_checks(metrics: dict, ranking_cfg: dict, min_slice_rows: int) -> tup
     checks.append(_check("score_spread", OVERALL, "score_spread", spread, None, bound,
                          spread is not None and spread >= bound,
                          f"score_spread={spread}: the ranking score's mean within-request standard deviation "
-                         f"must be >= {bound}" + (" (a constant score ranks nothing)" if spread is not None else
+                         f"must be >= gate.min_score_spread={bound}" + (" (a constant score ranks nothing)" if spread is not None else
                                                   " (evaluate wrote none: a constant score cannot be ruled out)")))
     ranking = metrics.get("ranking")
     primary = metrics.get("primary_metric")
@@ -279,7 +291,7 @@ def ranking_checks(metrics: dict, ranking_cfg: dict, min_slice_rows: int) -> tup
     if len(rule) > 1:
         interval = ((boot.get("candidate_minus_champion") or {}).get(OVERALL) or {}).get(primary)
         checks.extend(check_metric(primary, rule, value, None if champion is None else champion.get(primary),
-                                   OVERALL, interval, level))
+                                   OVERALL, interval, level, key="gate.primary"))
     return checks, skipped
 
 
@@ -301,9 +313,33 @@ def deciding(checks: list[dict]) -> dict | None:
     return {k: chosen[k] for k in ("metric", "kind", "slice", "passed", "detail")}
 
 
+def check_min_clicks(min_clicks) -> None:
+    if min_clicks is not None and (isinstance(min_clicks, bool) or not isinstance(min_clicks, int) or min_clicks < 0):
+        raise ValueError(f"gate.min_clicks must be a whole number >= 0 or null, got {min_clicks!r}")
+
+
+def short_of_evidence(metrics: dict, min_clicks: int | None) -> str | None:
+    """Why the held-out rows are too few to decide on (fewer clicks than gate.min_clicks), or None."""
+    clicks = metrics.get("clicks")
+    if not min_clicks or clicks is None or clicks >= min_clicks:
+        return None
+    return (f"not enough evidence: {clicks} held-out clicks among {metrics.get('rows', '?')} rows, fewer than "
+            f"gate.min_clicks={min_clicks}; neither blessed nor failed, the champion is kept (a longer log, "
+            f"a larger split.holdout_fraction or a lower gate.min_clicks gives a decision)")
+
+
+def withheld(decision: dict, why: str) -> dict:
+    """The decision replaced by NOT_ENOUGH_EVIDENCE; the checks stay, for the record."""
+    return {**decision, "decision": NOT_ENOUGH_EVIDENCE, "blessed": False, "reason": why,
+            "deciding_check": {"metric": "clicks", "kind": "evidence", "slice": OVERALL, "passed": False,
+                               "detail": why},
+            "checks_reason": decision["reason"]}
+
+
 def decide(metrics: dict, checks_cfg: dict, slice_cfg: dict | None = None, min_slice_rows: int = 0,
-           ranking: dict | None = None) -> dict:
-    """`ranking`: the gate's ranking rules (RANKING_KEYS of the gate section); None: no ranking checks."""
+           ranking: dict | None = None, min_clicks: int | None = None) -> dict:
+    """`ranking`: the gate's ranking rules (RANKING_KEYS of the gate section); None: no ranking checks.
+    `min_clicks`: fewer held-out clicks give NOT_ENOUGH_EVIDENCE whatever the checks say."""
     if not isinstance(metrics.get("candidate"), dict):
         raise ValueError("the metrics hold no 'candidate' mapping: not a metrics.json written by evaluate")
     candidate, champion = metrics["candidate"], metrics.get("champion")
@@ -315,6 +351,7 @@ def decide(metrics: dict, checks_cfg: dict, slice_cfg: dict | None = None, min_s
         raise ValueError(f"gate.min_slice_rows must be a whole number >= 0, got {min_slice_rows!r}")
     if ranking is not None:
         check_ranking_rules(ranking)
+    check_min_clicks(min_clicks)
     checks, skipped = [], []
     if ranking is not None:
         checks, skipped = ranking_checks(metrics, ranking, min_slice_rows)
@@ -330,9 +367,10 @@ def decide(metrics: dict, checks_cfg: dict, slice_cfg: dict | None = None, min_s
                             "reason": undefined_reason(name, counts) + ": not enough evidence, skipped"})
             continue
         checks.extend(check_metric(name, rule, candidate[name], baseline, OVERALL, intervals.get(name),
-                                   boot.get("level")))
+                                   boot.get("level"), key=f"gate.checks.{name}"))
     for name, scored in sorted((metrics.get("slices") or {}).items()):
-        found, passed_over = slice_checks(name, scored, slice_cfg, min_slice_rows)
+        found, passed_over = slice_checks(name, scored, slice_cfg, min_slice_rows,
+                                          "gate.checks" if slice_cfg is checks_cfg else "gate.slice_checks")
         checks.extend(found)
         skipped.extend(passed_over)
     failed = [c for c in checks if not c["passed"]]
@@ -354,13 +392,15 @@ def decide(metrics: dict, checks_cfg: dict, slice_cfg: dict | None = None, min_s
     evidence = [s for s in skipped if s["slice"] == OVERALL and s["metric"] is not None]
     if evidence and not failed:
         reason += "; not enough evidence for " + ", ".join(s["metric"] for s in evidence)
-    return {"decision": NOT_BLESSED if failed else BLESSED, "blessed": not failed,
+    decision = {"decision": NOT_BLESSED if failed else BLESSED, "blessed": not failed,
             "baseline": metrics.get("champion_id"), "without_baseline": champion is None,
             "day": metrics.get("day"), "reason": reason, "deciding_check": decider,
             "primary_metric": metrics.get("primary_metric"), "checks": checks, "skipped": skipped,
             "failed": [{k: c[k] for k in ("metric", "slice", "kind")} for c in failed],
             "counts": {"checks": len(checks), "failed": len(failed), "skipped_slices": len(small),
                        "skipped_metrics": len(skipped) - len(small)}}
+    why = short_of_evidence(metrics, min_clicks)
+    return decision if why is None else withheld(decision, why)
 
 
 def run(metrics_file, out_dir, params: dict) -> dict:
@@ -371,10 +411,10 @@ def run(metrics_file, out_dir, params: dict) -> dict:
     # The ranking rules apply when the gate section sets any of them (every one is then required).
     ranking = {key: cfg[key] for key in RANKING_KEYS if key in cfg} or None
     decision = decide(read_json(metrics_file), cfg["checks"], cfg.get("slice_checks"), cfg["min_slice_rows"],
-                      ranking)
+                      ranking, cfg.get("min_clicks"))
     with atomic_dir(out_dir) as tmp:
         write_json_atomic(tmp / "decision.json", decision)
-        # TFX-style marker with a fixed name, so DVC can track it: BLESSED or NOT_BLESSED.
+        # TFX-style marker with a fixed name, so DVC can track it: BLESSED, NOT_BLESSED or NOT_ENOUGH_EVIDENCE.
         (tmp / "blessing").write_text(decision["decision"] + "\n")
     print(f"gate: {decision['decision']}: {decision['reason']}")
     return decision
