@@ -9,7 +9,8 @@ does (corpus, pretrain, importance with the default estimator, train), then scor
 of day d+1 with that model (its own encoder, pipeline.model_scoring) and measures NDCG@10 with the
 true relevance as the gain, search and recommendations apart. Beside it, on the same rows: random,
 the logging order, item popularity (day d's click rate), the zero-shot cosine of the base encoder and
-of the refreshed one (search), and the same ranker trained on the base encoder's vectors (no refresh).
+of the refreshed one and the query's trigram overlap with the title (search), and the same ranker
+trained on the base encoder's vectors (no refresh).
 Prints one table per day and the mean, and writes them as JSON.
 """
 from __future__ import annotations
@@ -38,8 +39,9 @@ from pipeline.params import load_params  # noqa: E402
 
 FIRST_DAY = "2026-11-01"
 K = 10
-ORDERS = ("champion", "champion_without_refresh", "cosine_refreshed", "cosine_base", "popularity",
-          "logging_order", "random")
+ORDERS = ("champion", "champion_without_refresh", "cosine_refreshed", "cosine_base", "lexical_overlap",
+           "popularity", "logging_order", "random")
+SEARCH_ONLY = ("cosine_refreshed", "cosine_base", "lexical_overlap")
 
 
 def stage(*args: str) -> None:
@@ -74,8 +76,10 @@ def retrain(data: Path, day: str, work: Path, params: dict, params_file: Path) -
     return models
 
 
-def cosine(folder: Path, impressions: pd.DataFrame, catalog: pd.DataFrame, params: dict) -> np.ndarray:
-    """Query-title cosine of the rows under the encoder in `folder` (0 without a query)."""
+def text_match(folder: Path, impressions: pd.DataFrame, catalog: pd.DataFrame, params: dict,
+               name: str = "query_title_cosine") -> np.ndarray:
+    """A query-title match feature of the rows (dense feature `name`) with the encoder in `folder`:
+    the cosine under that encoder, or the trigram overlap (0 without a query)."""
     from pipeline import encoder as enc
 
     tokenizer, model = enc.load_encoder(folder / "encoder")
@@ -84,7 +88,7 @@ def cosine(folder: Path, impressions: pd.DataFrame, catalog: pd.DataFrame, param
     table = embeddings.EmbeddingTable(texts, enc.embed(model, tokenizer, texts, cfg["max_length"],
                                                        cfg["embed_batch_size"], "cpu"))
     x = features.build(impressions, catalog, table, params["ranker"]["max_position"])
-    return x.dense[:, 0].numpy().astype(np.float64)
+    return x.dense[:, features.DENSE_FEATURES.index(name)].numpy().astype(np.float64)
 
 
 def next_day_table(data: Path, day: str, next_day: str, models: dict[str, Path], params: dict) -> dict:
@@ -94,8 +98,10 @@ def next_day_table(data: Path, day: str, next_day: str, models: dict[str, Path],
     relevance = baselines.true_relevance(impressions, baselines.read_truth(data, next_day))
     scores = {name: model_predictions(folder, impressions, catalog, params, "cpu", logged)["score"]
               for name, folder in models.items()}
-    scores["cosine_refreshed"] = cosine(models["champion"], impressions, catalog, params)
-    scores["cosine_base"] = cosine(models["champion_without_refresh"], impressions, catalog, params)
+    scores["cosine_refreshed"] = text_match(models["champion"], impressions, catalog, params)
+    scores["cosine_base"] = text_match(models["champion_without_refresh"], impressions, catalog, params)
+    scores["lexical_overlap"] = text_match(models["champion_without_refresh"], impressions, catalog, params,
+                                           "query_title_overlap")
     scores["popularity"] = baselines.popularity_scores(earlier, impressions["item_id"],
                                                        params["evaluate"]["baselines"]["popularity_prior"])
     scores["logging_order"] = baselines.logging_scores(impressions["position"])
@@ -106,7 +112,7 @@ def next_day_table(data: Path, day: str, next_day: str, models: dict[str, Path],
         groups = impressions["request_id"].to_numpy()[rows]
         table[surface] = {"requests": int(len(np.unique(groups)))}
         for name in ORDERS:
-            if name.startswith("cosine") and surface == "recommend":
+            if name in SEARCH_ONLY and surface == "recommend":
                 continue  # a recommendation has no query
             ranks = metrics.ranks_within(groups, scores[name][rows])
             table[surface][name] = round(metrics.ndcg_at_k_from_ranks(groups, relevance[rows], ranks, K), 4)

@@ -6,11 +6,14 @@ import pandas as pd
 import torch
 
 from pipeline import history as past
+from pipeline import lexical
 from pipeline.contract import EXTRA_FEATURE_PREFIX
 from pipeline.embeddings import EmbeddingTable
 
-# Rankers read the first dense_dim of these (a model saved before the history features reads 4).
-DENSE_FEATURES = ("query_title_cosine", "log_price", "price_missing", "is_search", *past.FEATURES)
+# Rankers read the first dense_dim of these (a model saved before the history features reads 4, one
+# saved before the lexical match 10): new features go at the end.
+DENSE_FEATURES = ("query_title_cosine", "log_price", "price_missing", "is_search", *past.FEATURES,
+                  "query_title_overlap")
 # Learned embeddings per value, looked up by hash bucket: an item, category or brand first seen at
 # serving time still gets a row (shared with whatever hashes beside it) instead of failing.
 # The rows hold model-independent hashes; each ranker folds them into its own number of buckets.
@@ -225,6 +228,7 @@ def build(impressions: pd.DataFrame, catalog: pd.DataFrame, table: EmbeddingTabl
         (impressions["surface"] == "search").to_numpy(dtype=np.float64),
         past.features(impressions, catalog, texts, title, lambda frame: known_title_rows(
             frame, catalog, table, len(texts) - 1), history, recent_clicks, item_prior, max_position, chunk_rows),
+        lexical.query_coverage([*table.texts, None], query, title, chunk_rows),
     ]).astype(np.float32)
     for i, name in enumerate(DENSE_FEATURES):
         bad = ~np.isfinite(dense[:, i])

@@ -8,7 +8,8 @@ from pipeline import features, history
 from pipeline.embeddings import EmbeddingTable
 
 MAX_POSITION = 5
-FIRST = len(features.DENSE_FEATURES) - len(history.FEATURES)
+FIRST = features.DENSE_FEATURES.index(history.FEATURES[0])
+LAST = FIRST + len(history.FEATURES)
 
 
 def small_log(seed=0, requests=60):
@@ -80,7 +81,7 @@ def test_history_features_match_a_brute_force_over_earlier_rows(recent):
     impressions, catalog = small_log()
     table = table_for(catalog)
     x = features.build(impressions, catalog, table, MAX_POSITION, history=None, recent_clicks=recent, item_prior=3.0)
-    got = x.dense[:, FIRST:].numpy()
+    got = x.dense[:, FIRST:LAST].numpy()
     expected = brute_force(impressions, catalog, table, impressions, recent, 3.0)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert (got[:, 0] > 0).any() and (got[:, 4] != 0).any()  # the log has history to read
@@ -93,7 +94,7 @@ def test_earlier_days_count_and_a_row_never_reads_its_own_request():
     earlier["ts"] = earlier["ts"] - pd.Timedelta(days=1)
     logged = pd.concat([earlier, impressions], ignore_index=True)[list(history.COLUMNS)]
     x = features.build(impressions, catalog, table, MAX_POSITION, history=logged, recent_clicks=4, item_prior=3.0)
-    np.testing.assert_allclose(x.dense[:, FIRST:].numpy(), brute_force(impressions, catalog, table, logged, 4, 3.0),
+    np.testing.assert_allclose(x.dense[:, FIRST:LAST].numpy(), brute_force(impressions, catalog, table, logged, 4, 3.0),
                                rtol=1e-4, atol=1e-5)
     # Flipping the labels of one request leaves that request's own features as they were.
     request = impressions["request_id"].iloc[-1]
@@ -111,4 +112,4 @@ def test_a_user_or_item_without_history_gets_zeros():
     impressions, catalog = small_log(seed=2, requests=1)
     table = table_for(catalog)
     x = features.build(impressions, catalog, table, MAX_POSITION, history=None, recent_clicks=5, item_prior=3.0)
-    assert np.all(x.dense[:, FIRST:].numpy() == 0.0)
+    assert np.all(x.dense[:, FIRST:LAST].numpy() == 0.0)
