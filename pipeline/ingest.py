@@ -856,7 +856,11 @@ def apply_rules(chunk: pa.Table, plan: FilePlan, spec: TableSpec, mapping: Mappi
         if rule.op == until:
             return
         values = _rule_values(rule, columns, chunk, plan, first_row)
-        out, found = convert_column(values, _label(spec, rule.target), spec.kinds[rule.target], mapping)
+        try:
+            out, found = convert_column(values, _label(spec, rule.target), spec.kinds[rule.target], mapping)
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:  # e.g. a copy of a nested column
+            raise ContractError(f"{plan.source.path}: {rule.key}: its values ({values.type}) cannot be read as "
+                                f"{spec.kinds[rule.target]} ({_one_line(exc)})") from exc
         if rule.target in columns:
             empty = _empty(columns[rule.target])
             out = pc.if_else(empty, out, columns[rule.target])
