@@ -255,7 +255,7 @@ def _check_constant(path, key: str, target: str, kind: str, value, table: str) -
     _, problems = convert_column(pa.array([str(value)]), target, kind, Mapping())
     problems = [(r, m) for r, m in problems if not r.startswith("ts")]
     if isinstance(value, bool) or any(mask.any() for _, mask in problems):
-        reason = "; ".join(r for r, m in problems if m.any()) or "a flag is 0 or 1"
+        reason = "; ".join(r for r, m in problems if m.any()) or "true/false fits only a 0/1 column"
         raise ContractError(f"{path}: {key}: constant {value!r} does not fit ({reason})")
 
 

@@ -128,6 +128,7 @@ BAD = {
     "not a contract column": ({"set": {"user": "x"}}, "set.user: 'user' is not a column of the impressions"),
     "text rule on a number": ({"set": {"position": {"hash": ["slot"]}}}, "set.position: hash makes text"),
     "flag constant": ({"set": {"purchased": 2}}, "set.purchased: constant 2 does not fit"),
+    "boolean for text": ({"set": {"surface": True}}, "set.surface: constant True does not fit (true/false fits only"),
     "null required": ({"set": {"surface": None}}, "set.surface: null, but surface may not be null"),
     "session gap": ({"set": {"session_id": {"session": {"gap_minutes": -5}}}},
                     "set.session_id: session: gap_minutes must be"),
