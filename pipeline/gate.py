@@ -30,7 +30,8 @@ A slice with fewer than `gate.min_slice_rows` rows, or a metric undefined on a s
 click), is reported as skipped, not failed. On the whole slice a metric that the held-out labels
 leave undefined (no purchase, no click: no AUC) is skipped as "not enough evidence" with the reason,
 except the primary ranking metric, which must be defined. decision.json names the check that
-decided (`deciding_check`) and the reason starts with it. Every threshold's check names its params
+decided (`deciding_check`) and the reason starts with it. On a log whose held-out requests show one
+item each there is no ranking: the ranking checks are skipped as not enough evidence. Every threshold's check names its params
 key (gate.checks.auc_click.min_value, ...).
 
 With fewer held-out clicks than `gate.min_clicks` the gate does not decide: the decision is
@@ -220,10 +221,22 @@ def undefined_reason(name: str, counts: dict) -> str:
     return f"{name} is undefined: {why}, and AUC needs rows with and without one"
 
 
+def no_lists(metrics: dict) -> bool:
+    """Whether evaluate found no held-out request of two rows or more (score_spread's request count)."""
+    spread = ((metrics.get("ranking") or {}).get("score_spread") or {})
+    return isinstance(spread, dict) and spread.get("requests") == 0
+
+
 def ranking_checks(metrics: dict, ranking_cfg: dict, min_slice_rows: int) -> tuple[list[dict], list[dict]]:
     """(checks, skipped) of the score spread, the primary ranking metric and the trivial baselines."""
     checks, skipped = [], []
     candidate, champion = metrics["candidate"], metrics.get("champion")
+    if no_lists(metrics):
+        # One item per logged request (the Open Bandit sample): nothing is ranked, so the click checks decide.
+        return [], [{"slice": OVERALL, "metric": name, "rows": metrics.get("rows"),
+                     "reason": f"no held-out request shows two items or more, so there is no ranking to judge "
+                               f"({name}): not enough evidence, skipped"}
+                    for name in ("score_spread", metrics.get("primary_metric") or "primary_metric")]
     spread = candidate.get("score_spread")
     bound = ranking_cfg["min_score_spread"]
     checks.append(_check("score_spread", OVERALL, "score_spread", spread, None, bound,

@@ -73,6 +73,7 @@ QUARANTINE_FILE = {IMPRESSIONS: "quarantine.parquet", CATALOG: "quarantine_catal
 DEFAULTS = {
     "max_bad_fraction": 0.0,
     "min_rows": 1,
+    "min_requests": 1,
     "examples": 5,
     "user_id_patterns": DEFAULT_USER_ID_PATTERNS,
 }
@@ -173,8 +174,9 @@ def validate_params(params: dict | None) -> dict:
     fraction = section["max_bad_fraction"]
     if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
         raise ValueError(f"validate.max_bad_fraction must be a number in [0, 1], got {fraction!r}")
-    if not isinstance(section["min_rows"], int) or section["min_rows"] < 0:
-        raise ValueError(f"validate.min_rows must be a whole number >= 0, got {section['min_rows']!r}")
+    for key in ("min_rows", "min_requests"):
+        if isinstance(section[key], bool) or not isinstance(section[key], int) or section[key] < 0:
+            raise ValueError(f"validate.{key} must be a whole number >= 0, got {section[key]!r}")
     patterns = section["user_id_patterns"]
     if not isinstance(patterns, dict) or not patterns:
         raise ValueError("validate.user_id_patterns must map names to regular expressions")
@@ -501,6 +503,22 @@ def _window(data_dir: Path, day: str, section: dict, window_file: str | Path | N
     return Window(*drift.load_window(data_dir, earlier))
 
 
+def _enough_requests(data: DayData, minimum: int, usable: bool) -> Check:
+    """A day of a few ranked lists cannot be split into training, calibration, validation and held-out
+    requests (split.holdout_fraction, train.calibration_fraction, train.validation_fraction)."""
+    check = Check(IMPRESSIONS, f"a day has at least validate.min_requests={minimum} requests", "min_requests",
+                  ["request_id"], "table", "pandas")
+    if not usable:
+        check.status, check.detail = SKIPPED, "not run: request_id missing or of the wrong type"
+        return check
+    requests = int(data.impressions["request_id"].nunique())
+    if requests < minimum:
+        check.status = FAILED
+        check.detail = (f"(only {requests}): too few to hold out whole requests for evaluation, calibration "
+                        f"and early stopping; bring a longer log or lower validate.min_requests")
+    return check
+
+
 def _unique_across_days(data: DayData, window: Window | None, usable: bool) -> Check:
     """DATA_CONTRACT.md: event_id is unique across all days; checked against the window's days."""
     check = Check(IMPRESSIONS, "event_id unique across days (the drift window)", "event_id_unique_across_days",
@@ -556,6 +574,9 @@ def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None
         event_id_ok = not any(c.table == IMPRESSIONS and c.level != ROW and c.status == FAILED
                               and "event_id" in c.columns for c in checks)
         checks.append(_unique_across_days(data, window, event_id_ok))
+        request_id_ok = not any(c.table == IMPRESSIONS and c.level != ROW and c.status == FAILED
+                                and "request_id" in c.columns for c in checks)
+        checks.append(_enough_requests(data, section["min_requests"], request_id_ok))
         frames = {IMPRESSIONS: data.impressions, CATALOG: data.catalog}
         tables = _tolerate(checks, frames, float(section["max_bad_fraction"]))
         quarantines = {}

@@ -142,3 +142,24 @@ def test_not_enough_evidence_through_gate_and_promote_keeps_the_champion(tmp_pat
     promotion = json.loads((tmp_path / "promote" / "promotion.json").read_text())
     assert not promotion["promoted"] and promotion["reason"].startswith("gate: not enough evidence")
     assert not (tmp_path / "registry" / "champion.json").exists()
+
+
+def test_one_item_per_request_skips_the_ranking_checks_and_the_click_checks_decide():
+    """The Open Bandit sample logs one item per request: no ranking to judge, so no score_spread or
+    baseline check (a default gate would otherwise refuse every such log), and the click AUC decides."""
+    ranking = {"primary": {"min_value": 0.0, "max_regression": 0.01}, "baseline_margin": 0.005,
+               "baselines": {"with_truth": ["random"], "without_truth": ["random"]},
+               "baseline_slices": ["surface=search"], "min_score_spread": 1e-4}
+    single = {**held_out(60, 5), "primary_metric": "ndcg_at_10_ips",
+              "ranking": {"score_spread": {"std": None, "requests": 0}, "slices": {}}}
+    single["candidate"].update(score_spread=None, ndcg_at_10_ips=1.0)
+    decision = decide(single, CHECKS, min_clicks=30, ranking=ranking)
+    assert decision["decision"] == "BLESSED", decision["reason"]
+    skipped = {s["metric"]: s["reason"] for s in decision["skipped"]}
+    assert "no ranking to judge" in skipped["score_spread"] and "no ranking to judge" in skipped["ndcg_at_10_ips"]
+    single["candidate"]["auc_click"] = 0.5
+    assert decide(single, CHECKS, min_clicks=30, ranking=ranking)["decision"] == "NOT_BLESSED"
+    # With lists, the same missing spread still refuses: a constant score cannot be ruled out.
+    listed = {**single, "ranking": {"score_spread": {"std": None, "requests": 40}, "slices": {}}}
+    listed["candidate"] = {**single["candidate"], "auc_click": 0.7}
+    assert decide(listed, CHECKS, min_clicks=30, ranking=ranking)["deciding_check"]["kind"] == "score_spread"
