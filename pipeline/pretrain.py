@@ -184,6 +184,15 @@ def refresh_decision(recall_before: float | None, recall_after: float | None, cf
                    f"pretrain.min_recall_gain={gain}; the base encoder is used")
 
 
+def too_few_pairs(pairs: list | None) -> str | None:
+    """Why a contrastive refresh cannot run (in-batch negatives need 2 pairs), or None when it can."""
+    if pairs is None or len(pairs) >= 2:
+        return None
+    return (f"only {len(pairs)} (query, clicked title) pairs to train on after those held out "
+            f"(pretrain.recall.heldout_pairs_fraction, pretrain.heldout_fraction), at least 2 needed: "
+            f"no refresh, the base encoder is used")
+
+
 def run(corpus: corpus_mod.Corpus, out_dir: str | Path, params: dict) -> dict:
     from pipeline import encoder as enc  # torch and transformers load only when a stage runs
 
@@ -199,13 +208,16 @@ def run(corpus: corpus_mod.Corpus, out_dir: str | Path, params: dict) -> dict:
     before = measure(model, tokenizer, split, retrieval, cfg, seed, device)
     started = time.perf_counter()
     losses: dict = {"mlm": [], "contrastive": []}
-    if retrieval is not None:
+    # A day of a handful of clicks leaves nothing to refresh on: the base encoder, said so.
+    skipped = too_few_pairs(pairs) if retrieval is not None else None
+    if retrieval is not None and skipped is None:
         with tqdm(total=cfg["max_steps"], desc="pretrain (refresh)", unit="step") as bar:
             losses = enc.refresh(model, tokenizer, split.train, cfg, seed, device, pairs=pairs, progress=bar)
     refresh_seconds = time.perf_counter() - started
-    after = measure(model, tokenizer, split, retrieval, cfg, seed, device) if retrieval is not None else before
-    used, decision = refresh_decision(before["recall"], after["recall"], cfg)
-    if not used and retrieval is not None:  # the refresh did not help: what comes out is the base encoder
+    refreshed = retrieval is not None and skipped is None
+    after = measure(model, tokenizer, split, retrieval, cfg, seed, device) if refreshed else before
+    used, decision = refresh_decision(before["recall"], after["recall"], cfg) if skipped is None else (False, skipped)
+    if not used and refreshed:  # the refresh did not help: what comes out is the base encoder
         tokenizer, model = enc.load_base(cfg["base_model"], cfg.get("tiny_bert", {}), seed)
     vectors = enc.embed(model.base_model, tokenizer, corpus.texts, cfg["max_length"], cfg["embed_batch_size"], device)
     k = cfg["recall"]["k"]

@@ -297,3 +297,17 @@ def test_bad_knobs_are_named(day_corpus, tmp_path, section, key, value, message)
     (params["pretrain"] if section == "pretrain" else params["pretrain"]["recall"])[key] = value
     with pytest.raises(ValueError, match=message):
         pretrain.run(day_corpus, tmp_path / "out", params)
+
+
+def test_a_day_with_too_few_pairs_keeps_the_base_encoder_and_says_so(tmp_path):
+    """A day of a handful of clicks: one (query, clicked title) pair, held out for recall, leaves the
+    contrastive loss nothing to train on; the stage writes the base encoder and says why."""
+    titles = [f"Trail running shoe {k}" for k in range(30)]
+    texts = sorted(titles + ["trail shoe"])
+    corpus = corpus_mod.Corpus(texts, np.array([t in titles for t in texts]),
+                               np.array([t == "trail shoe" for t in texts]), [("trail shoe", titles[3])])
+    metrics = pretrain.run(corpus, tmp_path / "out", stage_params())
+    assert metrics["steps"] == 0 and not metrics["refresh_used"] and metrics["contrastive_pairs"] == 0
+    assert "at least 2 needed" in metrics["refresh_decision"]
+    assert "pretrain.recall.heldout_pairs_fraction" in metrics["refresh_decision"]
+    assert (tmp_path / "out/embeddings").is_dir() and (tmp_path / "out/encoder").is_dir()
