@@ -12,6 +12,8 @@ A trained ranker is only worth promoting if it orders items better than these:
   encoder_cosine  the zero-shot text encoder: cosine of the query and the title embeddings (dense
                   feature query_title_cosine). Search only: a recommendation has no query, so the
                   baseline is scored on the search rows and nowhere else
+  lexical_overlap the share of the query's character trigrams found in the title (dense feature
+                  query_title_overlap, pipeline/lexical.py): exact word matching. Search only
 
 Every function returns one score per held-out row, higher = ranked first (None for a baseline that
 does not apply to these rows).
@@ -26,8 +28,9 @@ import pyarrow.parquet as pq
 
 from pipeline.contract import DayPaths
 
-NAMES = ("random", "logging_order", "popularity", "encoder_cosine")
+NAMES = ("random", "logging_order", "popularity", "encoder_cosine", "lexical_overlap")
 COSINE_FEATURE = "query_title_cosine"
+OVERLAP_FEATURE = "query_title_overlap"
 
 
 def random_scores(n: int, seed: int) -> np.ndarray:
@@ -50,7 +53,12 @@ def popularity_scores(train: pd.DataFrame, held_out_items: pd.Series, prior: flo
 
 def cosine_scores(dense: np.ndarray, dense_names) -> np.ndarray:
     """The query-title cosine column of the held-out rows' dense features."""
-    return np.asarray(dense[:, list(dense_names).index(COSINE_FEATURE)], dtype=np.float64)
+    return feature_scores(dense, dense_names, COSINE_FEATURE)
+
+
+def feature_scores(dense: np.ndarray, dense_names, name: str) -> np.ndarray:
+    """One column of the held-out rows' dense features, as scores."""
+    return np.asarray(dense[:, list(dense_names).index(name)], dtype=np.float64)
 
 
 def read_truth(data_dir: str | Path, day: str) -> pd.DataFrame | None:

@@ -197,12 +197,13 @@ def baseline_scores(impressions: pd.DataFrame, train: pd.DataFrame, dense: np.nd
     from pipeline import baselines as b
 
     everywhere = np.ones(len(impressions), dtype=bool)
+    search = impressions["surface"].to_numpy() == "search"  # a recommendation has no query to match
     return {"random": (b.random_scores(len(impressions), seed), everywhere),
             "logging_order": (b.logging_scores(impressions["position"].to_numpy()), everywhere),
             "popularity": (b.popularity_scores(train, impressions["item_id"], cfg["baselines"]["popularity_prior"]),
                            everywhere),
-            "encoder_cosine": (b.cosine_scores(dense, dense_names),
-                               impressions["surface"].to_numpy() == "search")}
+            "encoder_cosine": (b.cosine_scores(dense, dense_names), search),
+            "lexical_overlap": (b.feature_scores(dense, dense_names, b.OVERLAP_FEATURE), search)}
 
 
 def ranking_comparison(scorer: Scorer, impressions: pd.DataFrame, models: dict, baselines: dict,

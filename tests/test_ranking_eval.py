@@ -220,3 +220,20 @@ def test_summary_prints_the_ranking_beside_the_baselines():
     assert any(line.strip().startswith("vs champion:") for line in lines)
     assert any(line.strip().startswith("vs best baseline") for line in lines)
     assert ranking_lines({"candidate": {}}) == []
+
+
+def test_text_baselines_score_search_rows_only_from_their_dense_features():
+    from pipeline import evaluate, features
+
+    impressions = pd.DataFrame({"surface": ["search", "search", "recommend"], "position": [1, 2, 1],
+                                "item_id": ["a", "b", "a"], "clicked": [1, 0, 0]})
+    names = features.DENSE_FEATURES
+    dense = np.zeros((3, len(names)))
+    dense[:, names.index("query_title_cosine")] = [0.9, 0.1, 0.0]
+    dense[:, names.index("query_title_overlap")] = [0.2, 0.8, 0.0]
+    scores = evaluate.baseline_scores(impressions, impressions, dense, names, CFG, seed=1)
+    assert set(scores) == set(b.NAMES)
+    for name, column in (("encoder_cosine", [0.9, 0.1, 0.0]), ("lexical_overlap", [0.2, 0.8, 0.0])):
+        values, rows = scores[name]
+        np.testing.assert_array_equal(values, column)
+        np.testing.assert_array_equal(rows, [True, True, False])
