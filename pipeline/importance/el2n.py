@@ -48,7 +48,8 @@ def score(ctx: Context) -> pd.DataFrame:
 
     def fold_values(fold, fit_rows, score_rows, holdout_rows):
         fit_x = day.x.subset(fit_rows)
-        check_trainable(fit_x, f"{NAME}: fold {fold}'s training rows")
+        check_trainable(fit_x, f"{NAME}: fold {fold}'s training rows (of importance.estimators.{NAME}.folds={k}; "
+                               f"fewer folds or a log with more clicks gives each fold both)")
         models = fit_checkpoints(ctx, fit_x, ctx.seed + fold, epochs)
         return tuple(np.mean([error_norms(m, day.x.subset(rows), targets, ctx.device, batch_size) for m in models], 0)
                      for rows in (score_rows, holdout_rows))
