@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import shapes
-from conftest import DAY, NEXT_DAY, make_workspace, repro, simulate, tiny_params
+from conftest import DAY, NEXT_DAY, ROOT, make_workspace, repro, simulate, tiny_params
 from pipeline.__main__ import main as cli
 from pipeline.contract import read_impressions
 from pipeline.features import holdout_mask
@@ -120,10 +120,26 @@ def test_every_stage_ends_in_a_decision_or_a_named_refusal(simulated, tmp_path, 
         assert "gate." in decision["reason"]  # the failed threshold's params key
     if decision["decision"] == "NOT_ENOUGH_EVIDENCE":
         assert f"{clicks} held-out clicks" in decision["reason"] and "gate.min_clicks" in decision["reason"]
+    default_gate_decides(capsys, ws, clicks)
     if shape == "no_purchases" and decision["decision"] != "NOT_ENOUGH_EVIDENCE":
         assert "auc_purchase" not in {c["metric"] for c in decision["checks"] if c["slice"] == "overall"}
     if shape in ESTIMATOR_SHAPES:
         every_estimator_scores(ws)
+
+
+def default_gate_decides(capsys, ws: Path, clicks: int) -> None:
+    """The project's own gate (ranking checks, purchase AUC, ...) on the same metrics also decides."""
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["gate"] = yaml.safe_load((ROOT / "params.yaml").read_text())["gate"]
+    (ws / "default.yaml").write_text(yaml.safe_dump(params))
+    code, _, err = stage(capsys, "gate", "--metrics", str(ws / "work/evaluate/metrics.json"),
+                         "--params", str(ws / "default.yaml"), "--out", str(ws / "work/default_gate"))
+    assert code == 0, err
+    decision = json.loads((ws / "work/default_gate/decision.json").read_text())
+    enough = clicks >= params["gate"]["min_clicks"]
+    assert decision["decision"] in ({"BLESSED", "NOT_BLESSED"} if enough else {"NOT_ENOUGH_EVIDENCE"})
+    if decision["decision"] == "NOT_BLESSED":
+        assert "gate." in decision["deciding_check"]["detail"], decision["reason"]
 
 
 def every_estimator_scores(ws: Path) -> None:
