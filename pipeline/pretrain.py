@@ -141,14 +141,16 @@ def retrieval_set(corpus: corpus_mod.Corpus, cfg: dict, seed: int) -> RetrievalS
 
 def measure(model, tokenizer, split: Split, retrieval: RetrievalSet | None, cfg: dict, seed: int,
             device: str) -> dict:
-    """Held-out MLM loss and retrieval recall of the model as it is now."""
+    """Held-out MLM loss (only when the refresh trains the MLM head: an untrained head's loss says
+    nothing, and costs a pass over the held-out texts) and retrieval recall of the model as it is now."""
     from pipeline import encoder as enc
 
     def embed(texts: list[str]) -> np.ndarray:
         return enc.embed(model.base_model, tokenizer, texts, cfg["max_length"], cfg["embed_batch_size"], device)
 
+    trains_mlm = float(cfg.get("mlm_weight", 1.0)) > 0
     loss = enc.heldout_mlm_loss(model, tokenizer, split.heldout, cfg, stream_seed(seed, MASK_STREAM), device,
-                                cfg["heldout_batch_size"]) if split.heldout else None
+                                cfg["heldout_batch_size"]) if split.heldout and trains_mlm else None
     recall = None
     if retrieval is not None:
         recall = recall_at_k(embed(retrieval.queries), embed(retrieval.candidates), retrieval.clicked,

@@ -191,6 +191,8 @@ def test_contrastive_refresh_trains_queries_toward_their_clicked_titles(day_corp
     assert metrics["recall_at_10_after"] > metrics["recall_at_10_before"]
     assert metrics["refresh_used"] is True and metrics["refresh_decision"].startswith("refresh used")
     assert metrics["mlm_loss_first"] is None  # pretrain.mlm_weight 0 (the default): contrastive only
+    # and the untrained MLM head's held-out loss is not measured either
+    assert metrics["mlm_loss_heldout_before"] is None and metrics["mlm_loss_heldout_after"] is None
 
 
 def embeddings_of(folder):
