@@ -36,7 +36,8 @@ key (gate.checks.auc_click.min_value, ...).
 
 With fewer held-out clicks than `gate.min_clicks` the gate does not decide: the decision is
 NOT_ENOUGH_EVIDENCE (not blessed, so promote keeps the champion, and not a failure of the run), and
-the checks are kept in decision.json for the record.
+the checks are kept in decision.json for the record. With fewer held-out purchases than
+`gate.min_purchases` the purchase AUC is skipped as not enough evidence.
 """
 from __future__ import annotations
 
@@ -326,9 +327,9 @@ def deciding(checks: list[dict]) -> dict | None:
     return {k: chosen[k] for k in ("metric", "kind", "slice", "passed", "detail")}
 
 
-def check_min_clicks(min_clicks) -> None:
-    if min_clicks is not None and (isinstance(min_clicks, bool) or not isinstance(min_clicks, int) or min_clicks < 0):
-        raise ValueError(f"gate.min_clicks must be a whole number >= 0 or null, got {min_clicks!r}")
+def check_minimum(key: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"gate.{key} must be a whole number >= 0 or null, got {value!r}")
 
 
 def short_of_evidence(metrics: dict, min_clicks: int | None) -> str | None:
@@ -341,6 +342,15 @@ def short_of_evidence(metrics: dict, min_clicks: int | None) -> str | None:
             f"a larger split.holdout_fraction or a lower gate.min_clicks gives a decision)")
 
 
+def too_few_purchases(counts: dict, min_purchases: int | None) -> str | None:
+    """Why the purchase AUC is not judged (fewer held-out purchases than gate.min_purchases), or None."""
+    have = counts.get("purchases")
+    if not min_purchases or have is None or have >= min_purchases:
+        return None
+    return (f"auc_purchase rests on {have} held-out purchases, fewer than gate.min_purchases={min_purchases}: "
+            f"not enough evidence, skipped")
+
+
 def withheld(decision: dict, why: str) -> dict:
     """The decision replaced by NOT_ENOUGH_EVIDENCE; the checks stay, for the record."""
     return {**decision, "decision": NOT_ENOUGH_EVIDENCE, "blessed": False, "reason": why,
@@ -350,9 +360,10 @@ def withheld(decision: dict, why: str) -> dict:
 
 
 def decide(metrics: dict, checks_cfg: dict, slice_cfg: dict | None = None, min_slice_rows: int = 0,
-           ranking: dict | None = None, min_clicks: int | None = None) -> dict:
+           ranking: dict | None = None, min_clicks: int | None = None, min_purchases: int | None = None) -> dict:
     """`ranking`: the gate's ranking rules (RANKING_KEYS of the gate section); None: no ranking checks.
-    `min_clicks`: fewer held-out clicks give NOT_ENOUGH_EVIDENCE whatever the checks say."""
+    `min_clicks`: fewer held-out clicks give NOT_ENOUGH_EVIDENCE whatever the checks say.
+    `min_purchases`: with fewer held-out purchases the purchase AUC is skipped as not enough evidence."""
     if not isinstance(metrics.get("candidate"), dict):
         raise ValueError("the metrics hold no 'candidate' mapping: not a metrics.json written by evaluate")
     candidate, champion = metrics["candidate"], metrics.get("champion")
@@ -364,7 +375,8 @@ def decide(metrics: dict, checks_cfg: dict, slice_cfg: dict | None = None, min_s
         raise ValueError(f"gate.min_slice_rows must be a whole number >= 0, got {min_slice_rows!r}")
     if ranking is not None:
         check_ranking_rules(ranking)
-    check_min_clicks(min_clicks)
+    check_minimum("min_clicks", min_clicks)
+    check_minimum("min_purchases", min_purchases)
     checks, skipped = [], []
     if ranking is not None:
         checks, skipped = ranking_checks(metrics, ranking, min_slice_rows)
@@ -378,6 +390,9 @@ def decide(metrics: dict, checks_cfg: dict, slice_cfg: dict | None = None, min_s
             # The held-out labels leave it undefined for every model: no evidence either way.
             skipped.append({"slice": OVERALL, "metric": name, "rows": metrics.get("rows"),
                             "reason": undefined_reason(name, counts) + ": not enough evidence, skipped"})
+            continue
+        if name == "auc_purchase" and (few := too_few_purchases(counts, min_purchases)):
+            skipped.append({"slice": OVERALL, "metric": name, "rows": metrics.get("rows"), "reason": few})
             continue
         checks.extend(check_metric(name, rule, candidate[name], baseline, OVERALL, intervals.get(name),
                                    boot.get("level"), key=f"gate.checks.{name}"))
@@ -424,7 +439,7 @@ def run(metrics_file, out_dir, params: dict) -> dict:
     # The ranking rules apply when the gate section sets any of them (every one is then required).
     ranking = {key: cfg[key] for key in RANKING_KEYS if key in cfg} or None
     decision = decide(read_json(metrics_file), cfg["checks"], cfg.get("slice_checks"), cfg["min_slice_rows"],
-                      ranking, cfg.get("min_clicks"))
+                      ranking, cfg.get("min_clicks"), cfg.get("min_purchases"))
     with atomic_dir(out_dir) as tmp:
         write_json_atomic(tmp / "decision.json", decision)
         # TFX-style marker with a fixed name, so DVC can track it: BLESSED, NOT_BLESSED or NOT_ENOUGH_EVIDENCE.

@@ -163,3 +163,14 @@ def test_one_item_per_request_skips_the_ranking_checks_and_the_click_checks_deci
     listed = {**single, "ranking": {"score_spread": {"std": None, "requests": 40}, "slices": {}}}
     listed["candidate"] = {**single["candidate"], "auc_click": 0.7}
     assert decide(listed, CHECKS, min_clicks=30, ranking=ranking)["deciding_check"]["kind"] == "score_spread"
+
+
+def test_a_purchase_auc_on_a_few_purchases_is_skipped_not_failed():
+    few = held_out(60, 12, auc_purchase=0.5)  # below min_value 0.55, on 12 purchases
+    decision = decide(few, CHECKS, min_clicks=30, min_purchases=30)
+    assert decision["decision"] == "BLESSED", decision["reason"]
+    assert decision["skipped"][0]["reason"].startswith("auc_purchase rests on 12 held-out purchases, fewer than "
+                                                       "gate.min_purchases=30")
+    assert "not enough evidence for auc_purchase" in decision["reason"]
+    judged = decide(few, CHECKS, min_clicks=30, min_purchases=10)
+    assert judged["decision"] == "NOT_BLESSED" and "gate.checks.auc_purchase.min_value" in judged["reason"]
