@@ -286,6 +286,9 @@ def calibrate(model: Ranker, x: Features, device: str, steps: int = 50) -> tuple
     two runs whose weights differ by float rounding get calibrations that differ by as little (an
     iterative fit stopped after a fixed number of steps on this flat optimum moved by 1e-3)."""
     model.to(device).eval()
+    if len(x) == 0:  # a day too small to hold back calibration rows: nothing to fit, the identity
+        model.click_calibration.copy_(torch.tensor([1.0, 0.0]))
+        return 1.0, 0.0
     with torch.no_grad():
         logits = torch.cat([sum(model(x.subset(torch.arange(s, min(s + 8192, len(x)))).to(device))[:2])
                             for s in range(0, len(x), 8192)]).double().cpu().numpy()

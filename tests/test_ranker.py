@@ -17,6 +17,13 @@ def synthetic(n=4000, dim=6, seed=0):
                     click=torch.zeros(n), purchase=torch.zeros(n))
 
 
+def test_calibration_on_no_rows_keeps_the_identity():
+    model = ranker.new_model(6, CFG, seed=1)
+    model.click_calibration.copy_(torch.tensor([2.0, -1.0]))  # an earlier fit, to be replaced
+    assert ranker.calibrate(model, synthetic(n=10).subset(torch.arange(0)), "cpu") == (1.0, 0.0)
+    assert model.click_calibration.tolist() == [1.0, 0.0]
+
+
 def test_calibration_recovers_a_known_platt_scaling():
     x = synthetic()
     model = ranker.new_model(6, CFG, seed=1)
