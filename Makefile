@@ -49,8 +49,10 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# Two workers, one per core: the tests train on one torch thread each, so a lone pytest left a core
+# idle. A test file stays on one worker, so its module fixtures are built once.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30 tests
 
 # Everything the demo made, DVC's cache included: with its run cache left, a rerun would restore the
 # promote stage's outputs from it without writing the (deleted) registry.
