@@ -248,7 +248,8 @@ def test_estimators_are_deterministic_and_score_every_row(name):
     assert estimator.cost_class == "forward-only"
     ctx = synthetic_context(seed=11)
     first, second = estimator.score(ctx), estimator.score(synthetic_context(seed=11))
-    assert list(first.columns) == ["event_id", "score"]
+    assert list(first.columns[:2]) == ["event_id", "score"] and len(first.columns) > 2  # evidence beside it
+    assert np.isfinite(first.iloc[:, 2:].to_numpy()).all()
     assert first["event_id"].tolist() == ctx.data.impressions["event_id"].tolist()
     assert np.isfinite(first["score"]).all()
     np.testing.assert_array_equal(first["score"].to_numpy(), second["score"].to_numpy())

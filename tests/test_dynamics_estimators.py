@@ -212,7 +212,8 @@ def test_deterministic_and_one_finite_score_per_event(name, synthetic, scores):
     ctx, _ = synthetic
     again = get(name).score(ctx)
     pd.testing.assert_frame_equal(scores[name], again)
-    assert list(again.columns) == ["event_id", "score"]
+    assert list(again.columns[:2]) == ["event_id", "score"] and len(again.columns) > 2  # evidence beside it
+    assert np.isfinite(again.iloc[:, 2:].to_numpy()).all()
     assert again["event_id"].tolist() == ctx.data.impressions["event_id"].tolist()
     assert np.isfinite(again["score"]).all()
 

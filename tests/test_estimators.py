@@ -83,6 +83,9 @@ def test_estimator_scores_noise_lower_than_clean_rows(name, context, truth, full
     assert list(scores.columns[:2]) == ["event_id", "score"]
     assert scores["event_id"].is_unique and set(scores["event_id"]) == set(context.data.impressions["event_id"])
     assert np.isfinite(scores["score"]).all()
+    evidence = scores.columns[2:]
+    assert len(evidence) and evidence.str.startswith("evidence_").all(), f"{name}: no evidence columns"
+    assert np.isfinite(scores[evidence].to_numpy()).all()
     merged = scores.merge(truth, on="event_id")
     assert merged["is_noise"].mean() > 0.03  # the log really is noisy
     auroc = roc_auc_score(merged["is_noise"], -merged["score"])
@@ -101,8 +104,11 @@ def test_a_shardable_estimator_scores_a_shard_as_it_scores_the_whole_log(name, c
     rows = shard_rows(context.data.impressions["session_id"], Shard(1, 3))
     part = registry.get(name).score(replace(context, rows=rows))
     assert list(part["event_id"]) == list(context.data.impressions["event_id"].iloc[rows])
-    whole = full_scores(name).set_index("event_id")["score"]
-    np.testing.assert_allclose(part["score"].to_numpy(), whole.loc[part["event_id"]].to_numpy(), rtol=1e-9, atol=1e-12)
+    whole = full_scores(name).set_index("event_id")
+    assert list(part.columns) == ["event_id", *whole.columns]
+    for column in whole.columns:  # the score and the evidence it comes from
+        np.testing.assert_allclose(part[column].to_numpy(), whole.loc[part["event_id"], column].to_numpy(),
+                                   rtol=1e-9, atol=1e-12, err_msg=column)
 
 
 def cli(*args, cwd):
@@ -120,7 +126,12 @@ def test_cli_writes_a_scores_file_for_any_log(noisy_log, tmp_path):
                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     table = pd.read_parquet(tmp_path / "scores.parquet")
-    assert list(table.columns) == ["event_id", "score", "weight", "split"] and len(table) > 0.9 * ROWS
+    assert list(table.columns) == ["event_id", "score", "weight", "split", "reason", "evidence_out_of_fold_loss"]
+    assert len(table) > 0.9 * ROWS
+    np.testing.assert_allclose(table["evidence_out_of_fold_loss"], -table["score"])
+    low = table["weight"] < 0.5
+    assert set(table.loc[low, "reason"]) <= {"high out-of-fold loss"} and low.any()
+    assert set(table.loc[~low & (table["weight"] <= 2.0), "reason"]) == {"typical weight"}
     assert table["weight"].mean() == pytest.approx(1.0)
 
 

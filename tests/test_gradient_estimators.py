@@ -196,7 +196,10 @@ def test_scores_are_deterministic_finite_and_one_per_row(name):
     day = synthetic_day()
     a = registry.get(name).score(context(day))
     b = registry.get(name).score(context(day))
-    assert list(a.columns) == ["event_id", "score"]
+    assert list(a.columns[:2]) == ["event_id", "score"]
+    evidence = a.filter(like="evidence_")
+    assert evidence.shape[1] == 1  # the norm or influence the score negates
+    np.testing.assert_allclose(evidence.iloc[:, 0].to_numpy(), -a["score"].to_numpy())
     assert a["event_id"].tolist() == day.impressions["event_id"].tolist()
     assert np.isfinite(a["score"]).all() and (a["score"] <= 0).all()
     pd.testing.assert_frame_equal(a, b)

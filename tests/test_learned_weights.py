@@ -198,7 +198,8 @@ def test_scores_are_finite_non_negative_deterministic_and_one_per_row():
     day, _ = synthetic_log()
     a = registry.get(lw.NAME).score(context(day))
     b = registry.get(lw.NAME).score(context(day))
-    assert list(a.columns) == ["event_id", "score"]
+    assert list(a.columns) == ["event_id", "score", "evidence_learned_weight"]
+    np.testing.assert_array_equal(a["evidence_learned_weight"].to_numpy(), a["score"].to_numpy())
     assert a["event_id"].tolist() == day.impressions["event_id"].tolist()
     assert np.isfinite(a["score"]).all() and (a["score"] >= 0).all() and (a["score"] > 0).mean() > 0.5
     pd.testing.assert_frame_equal(a, b)

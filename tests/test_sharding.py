@@ -67,7 +67,8 @@ def test_sharded_scoring_then_combining_equals_unsharded_scoring(log, estimator)
         assert result.returncode == 0, result.stderr
         shards.append(f"{estimator}-{i}")
         part = pd.read_parquet(log / f"{estimator}-{i}" / "scores.parquet")
-        assert list(part.columns) == ["event_id", "score"] and 0 < len(part) < 1500
+        assert list(part.columns[:2]) == ["event_id", "score"] and 0 < len(part) < 1500
+        assert part.columns[2:].str.startswith("evidence_").all() and len(part.columns) > 2
     combined = importance(log, "--estimator", estimator, "--combine", *shards, "--out", f"combined-{estimator}")
     assert combined.returncode == 0, combined.stderr
     expected = pd.read_parquet(log / f"whole-{estimator}" / "scores.parquet")

@@ -221,7 +221,8 @@ def quality_scores(ctx: Context) -> tuple[np.ndarray, PBM, Coded]:
     return score, model, coded
 
 
-@register("click_model", cost_class="forward-only", shardable=True)
+@register("click_model", cost_class="forward-only", shardable=True,
+          low_reason="unlikely under the click model", high_reason="likely under the click model")
 def score(ctx: Context) -> pd.DataFrame:
     values, _, _ = quality_scores(ctx)
-    return ctx.select(values)
+    return ctx.select(values, {"click_model_log_likelihood": values})

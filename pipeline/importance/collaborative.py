@@ -120,7 +120,8 @@ def popularity_rate(item, click, train: np.ndarray, user, prior_strength: float)
     return rate / max(global_rate, 1e-12)
 
 
-@register("collaborative", cost_class="forward-only", shardable=True)
+@register("collaborative", cost_class="forward-only", shardable=True,
+          low_reason="the user's other clicks disagree", high_reason="the user's other clicks agree")
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["collaborative"]
     day = ctx.data
@@ -160,7 +161,7 @@ def score(ctx: Context) -> pd.DataFrame:
     # A non-click scores 1 - a; in place, like the rest of the row-sized arrays.
     not_clicked = click != 1
     np.subtract(1.0, agreement, out=agreement, where=not_clicked)
-    return ctx.select(agreement)
+    return ctx.select(agreement, {"agreement": agreement})
 
 
 def _levels(item_ids: pd.Index, catalog: pd.DataFrame, item: np.ndarray, cfg: dict) -> list[tuple[np.ndarray, float]]:

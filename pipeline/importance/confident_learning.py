@@ -78,15 +78,17 @@ def label_quality(labels, pred_probs, thresholds=None) -> np.ndarray:
     return pred_probs[np.arange(len(labels)), labels] / np.maximum(thresholds[labels], 1e-12)
 
 
-def issue_ranked_quality(labels, pred_probs, thresholds=None) -> np.ndarray:
-    """Label quality, with every flagged issue pushed below every unflagged row."""
+def issue_ranked_quality(labels, pred_probs, thresholds=None, issues=None) -> np.ndarray:
+    """Label quality, with every flagged issue (`issues`, found here when not given) pushed below every
+    unflagged row."""
     quality = label_quality(labels, pred_probs, thresholds)
-    issues = find_label_issues(labels, pred_probs, thresholds)
+    issues = find_label_issues(labels, pred_probs, thresholds) if issues is None else issues
     # Quality is >= 0, so subtracting more than its maximum puts issues below every clean row.
     return np.where(issues, quality - (1.0 + quality.max(initial=0.0)), quality)
 
 
-@register("confident_learning", cost_class="retraining", shardable=True)
+@register("confident_learning", cost_class="retraining", shardable=True,
+          low_reason="likely label issue", high_reason="label agrees with out-of-fold model")
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["confident_learning"]
     k = int(cfg["folds"])
@@ -104,4 +106,6 @@ def score(ctx: Context) -> pd.DataFrame:
     pred_probs = np.column_stack([1.0 - p_click, p_click])
     # Thresholds from the out-of-fold training rows only; holdout rows are judged against them.
     thresholds = class_thresholds(train_clicks.astype(np.int64), pred_probs[train])
-    return ctx.select(issue_ranked_quality(labels, pred_probs, thresholds))
+    issues = find_label_issues(labels, pred_probs, thresholds)
+    return ctx.select(issue_ranked_quality(labels, pred_probs, thresholds, issues),
+                      {"p_click_out_of_fold": p_click, "label_issue": issues.astype(np.float64)})

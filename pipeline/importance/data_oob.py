@@ -110,7 +110,8 @@ def fit_bags(x: Features, counts: np.ndarray, cfg: dict, max_position: int, seed
     return heads
 
 
-@register("data_oob", cost_class="retraining", shardable=True)
+@register("data_oob", cost_class="retraining", shardable=True,
+          low_reason="out-of-bag models mispredict it", high_reason="out-of-bag models predict it")
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["data_oob"]
     bags = positive_int(cfg, "bags", "data_oob")
@@ -130,4 +131,4 @@ def score(ctx: Context) -> pd.DataFrame:
     for index in batches(len(holdout_x), batch_size):
         probs = heads.label_probs(holdout_x.subset(index).to(ctx.device))
         values[day.holdout_index[index.numpy()]] = probs.mean(axis=1)
-    return ctx.select(values)
+    return ctx.select(values, {"out_of_bag_accuracy": values})

@@ -37,7 +37,8 @@ def el2n_targets(cfg: dict) -> list[str]:
     return [t for t in TARGETS if t in targets]
 
 
-@register(NAME, cost_class="retraining", shardable=True)
+@register(NAME, cost_class="retraining", shardable=True,
+          low_reason="large out-of-fold error (EL2N)", high_reason="small out-of-fold error (EL2N)")
 def score(ctx: Context) -> pd.DataFrame:
     cfg = knobs(ctx, NAME)
     k = positive_int(cfg, "folds", NAME)
@@ -55,4 +56,4 @@ def score(ctx: Context) -> pd.DataFrame:
                      for rows in (score_rows, holdout_rows))
 
     norm = cross_fit(ctx, k, f"importance.estimators.{NAME}.folds", NAME, fold_values)
-    return ctx.select(-norm)
+    return ctx.select(-norm, {"el2n": norm})

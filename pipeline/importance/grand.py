@@ -276,14 +276,16 @@ def _grand(ctx: Context, name: str, last_layer: bool) -> pd.DataFrame:
             else:
                 total += np.sqrt(gradient_sq_norms(model, day.x, kind, ctx.device, batch_size, rows))
             count += 1
-    return ctx.output(-total / count)
+    return ctx.output(-total / count, {"gradient_norm": total / count})
 
 
-@register("grand", cost_class="per-sample-gradients", shardable=True)
+@register("grand", cost_class="per-sample-gradients", shardable=True,
+          low_reason="large gradient norm early in training (GraNd)", high_reason="small gradient norm (GraNd)")
 def score(ctx: Context) -> pd.DataFrame:
     return _grand(ctx, "grand", last_layer=False)
 
 
-@register("grand_last_layer", cost_class="per-sample-gradients", shardable=True)
+@register("grand_last_layer", cost_class="per-sample-gradients", shardable=True,
+          low_reason="large gradient norm early in training (GraNd)", high_reason="small gradient norm (GraNd)")
 def score_last_layer(ctx: Context) -> pd.DataFrame:
     return _grand(ctx, "grand_last_layer", last_layer=True)

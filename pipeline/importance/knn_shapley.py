@@ -273,7 +273,8 @@ def _validation(index: np.ndarray, cap: int, rng: np.random.Generator) -> np.nda
     return index
 
 
-@register(NAME, cost_class="forward-only", shardable=True)
+@register(NAME, cost_class="forward-only", shardable=True,
+          low_reason="nearest neighbours' labels disagree", high_reason="nearest neighbours' labels agree")
 def score(ctx: Context) -> pd.DataFrame:
     knobs = read_knobs(ctx.params["importance"]["estimators"][NAME])
     day = ctx.data
@@ -300,4 +301,4 @@ def score(ctx: Context) -> pd.DataFrame:
                         knobs.k, knobs.max_pairs_per_block, knobs.neighbours, position[at], position[val_at],
                         2.0 * knobs.position_weight ** 2)
         values[valued] = v.cpu().numpy() * (len(valued) if knobs.scale_by_size else 1.0)
-    return ctx.select(values)
+    return ctx.select(values, {"knn_shapley_value": values})

@@ -265,7 +265,9 @@ def learn_weights(ctx: Context, cfg: dict) -> np.ndarray:
     return (total / epochs).cpu().numpy()
 
 
-@register(NAME, cost_class="retraining", shardable=True)
+@register(NAME, cost_class="retraining", shardable=True,
+          low_reason="meta-learning weighed it down", high_reason="meta-learning weighed it up")
 def score(ctx: Context) -> pd.DataFrame:
     # Every row's weight comes from the one run over the whole log; a shard only selects its rows.
-    return ctx.select(learn_weights(ctx, knobs(ctx)))
+    weights = learn_weights(ctx, knobs(ctx))
+    return ctx.select(weights, {"learned_weight": weights})

@@ -99,17 +99,34 @@ def session_affinity(p_human, click, session, category, eps: float = 1e-4) -> np
     return np.clip(model.predict_proba(features)[:, 1], eps, 1 - eps)
 
 
+def component_posteriors(p_human, click, session, mixture: Mixture, accidental_rate: float,
+                         eps: float = 1e-4) -> dict[str, np.ndarray]:
+    """Per row: P(its session is a bot's), P(its click is accidental) (0 for an unclicked row) and
+    P(clean) = P(human session) x P(not accidental)."""
+    p_human = np.clip(np.asarray(p_human, dtype=np.float64), eps, 1 - eps)
+    codes, _ = pd.factorize(np.asarray(session))
+    bot = mixture.bot_posterior[codes]
+    accidental = np.where(np.asarray(click) > 0, np.minimum(1.0, accidental_rate / p_human), 0.0)
+    return {"p_bot_session": bot, "p_accidental_click": accidental, "p_clean": (1.0 - bot) * (1.0 - accidental)}
+
+
 def clean_log_probability(p_human, click, session, mixture: Mixture, accidental_rate: float,
                           eps: float = 1e-4) -> np.ndarray:
     """log P(clean) per row: its session is human's and, when clicked, the click is not accidental."""
-    p_human = np.clip(np.asarray(p_human, dtype=np.float64), eps, 1 - eps)
-    codes, _ = pd.factorize(np.asarray(session))
-    accidental = np.where(np.asarray(click) > 0, np.minimum(1.0, accidental_rate / p_human), 0.0)
-    clean = (1.0 - mixture.bot_posterior[codes]) * (1.0 - accidental)
+    clean = component_posteriors(p_human, click, session, mixture, accidental_rate, eps)["p_clean"]
     return np.log(np.clip(clean, eps, 1.0))
 
 
-@register("noise_mixture", cost_class="retraining", shardable=True)
+def low_weight_reason(evidence: pd.DataFrame) -> np.ndarray:
+    """The component that explains a row best: a bot's session or an accidental click, whichever is
+    likelier; a row likely under both keeps its bot label (the session's evidence is the broader)."""
+    bot = evidence["evidence_p_bot_session"].to_numpy()
+    accidental = evidence["evidence_p_accidental_click"].to_numpy()
+    return np.where(bot >= accidental, "bot session", "accidental click")
+
+
+@register("noise_mixture", cost_class="retraining", shardable=True, high_reason="clean human impression",
+          reason=low_weight_reason)
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["noise_mixture"]
     k = int(cfg["folds"])
@@ -129,4 +146,6 @@ def score(ctx: Context) -> pd.DataFrame:
     mixture = fit_mixture(p_human, click, session, starting_rates, bot_share=float(cfg["bot_share"]),
                           iterations=int(cfg["iterations"]), tol=float(cfg["tol"]), eps=eps)
     accidental_rate = float(np.quantile(np.clip(p_human, eps, 1 - eps), float(cfg["accidental_quantile"])))
-    return ctx.select(clean_log_probability(p_human, click, session, mixture, accidental_rate, eps))
+    posteriors = component_posteriors(p_human, click, session, mixture, accidental_rate, eps)
+    score = np.log(np.clip(posteriors["p_clean"], eps, 1.0))
+    return ctx.select(score, {**posteriors, "p_click_human": p_human})

@@ -12,7 +12,8 @@ from pipeline.importance._crossfit import cross_fit
 from pipeline.importance.registry import Context, register
 
 
-@register("oof_loss", cost_class="retraining", shardable=True)
+@register("oof_loss", cost_class="retraining", shardable=True,
+          low_reason="high out-of-fold loss", high_reason="low out-of-fold loss")
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]
     k = int(cfg["folds"])
@@ -26,4 +27,4 @@ def score(ctx: Context) -> pd.DataFrame:
                 ranker.click_losses(model, day.x.subset(holdout_rows), ctx.device))
 
     loss = cross_fit(ctx, k, "importance.folds", "oof_loss", fold_values)
-    return ctx.select(-loss)
+    return ctx.select(-loss, {"out_of_fold_loss": loss})

@@ -70,9 +70,11 @@ def ipw_factor(ctx: Context) -> np.ndarray:
     return _factor(ctx, model, coded)
 
 
-@register("position_ipw", cost_class="forward-only", shardable=True)
+@register("position_ipw", cost_class="forward-only", shardable=True,
+          low_reason="unlikely under the click model", high_reason="click at a rarely examined position")
 def score(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["position_ipw"]
     quality, model, coded = click_model.quality_scores(ctx)
-    values = quality + float(cfg["log_factor_weight"]) * np.log(_factor(ctx, model, coded))
-    return ctx.select(values)
+    factor = _factor(ctx, model, coded)
+    values = quality + float(cfg["log_factor_weight"]) * np.log(factor)
+    return ctx.select(values, {"click_model_log_likelihood": quality, "ips_factor": factor})

@@ -53,11 +53,14 @@ def summarise(table: pd.DataFrame, estimator: str, cost_class: str) -> dict:
 
 
 def checked_scores(event_ids: pd.Series, scores: pd.DataFrame, estimator: str) -> pd.DataFrame:
-    """The scores in the order of `event_ids`: exactly one finite score for each of them, no others."""
+    """The scores (and evidence columns) in the order of `event_ids`: exactly one finite score for each
+    of them, no others."""
     from pipeline.contract import same_event_ids
+    from pipeline.importance.reasons import evidence_columns
 
+    scores = scores[["event_id", "score", *evidence_columns(scores)]]
     if same_event_ids(scores["event_id"], event_ids):
-        table = scores[["event_id", "score"]].reset_index(drop=True)  # already in log order: no join
+        table = scores.reset_index(drop=True)  # already in log order: no join
     else:
         table = event_ids.to_frame().merge(scores, on="event_id", how="left", validate="one_to_one")
         extra = scores.loc[~scores["event_id"].isin(event_ids), "event_id"]
@@ -114,7 +117,8 @@ def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path
     """Score and weight the log; with `shard`, write that shard's raw scores only; with `combine`, weight
     the scores of every shard (read from those folders) instead of scoring."""
     from pipeline.importance import registry
-    from pipeline.importance.weights import log_weights
+    from pipeline.importance.reasons import evidence_columns, row_reasons
+    from pipeline.importance.weights import explained_log_weights
 
     cfg = params["importance"]
     estimator = registry.get(estimator_name or cfg["estimator"])
@@ -143,9 +147,13 @@ def run(data_dir: str | Path, days: list[str] | None, embeddings_dir: str | Path
         with atomic_dir(out) as tmp:
             write_shard(tmp, table, estimator.name, shard, len(impressions))
         return table
-    table["weight"] = log_weights(impressions, table["score"].to_numpy(), cfg, vectors,
-                                  stage_seed(params, "importance:clusters"))
+    table["weight"], dropped = explained_log_weights(impressions, table["score"].to_numpy(), cfg, vectors,
+                                                     stage_seed(params, "importance:clusters"))
     table["split"] = np.where(holdout, "holdout", "train")
+    table["reason"] = row_reasons(table, dropped, estimator, float(cfg["report"]["low_weight"]),
+                                  float(cfg["report"]["high_weight"]))
+    # event_id, score, weight, split, reason, then the evidence the score comes from.
+    table = table[["event_id", "score", "weight", "split", "reason", *evidence_columns(table)]]
     metrics = summarise(table, estimator.name, estimator.cost_class)
     if out.suffix == ".parquet":
         out.parent.mkdir(parents=True, exist_ok=True)

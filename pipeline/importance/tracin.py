@@ -92,14 +92,16 @@ def _tracin(ctx: Context, name: str, last_layer: bool) -> pd.DataFrame:
         else:
             sq = gradient_sq_norms(model, day.x, kind, ctx.device, batch_size, unvisited)
         influence[~visited] += train["learning_rate"] * sq
-    return ctx.output(-influence)
+    return ctx.output(-influence, {"self_influence": influence})
 
 
-@register("tracin", cost_class="per-sample-gradients", shardable=True)
+@register("tracin", cost_class="per-sample-gradients", shardable=True,
+          low_reason="high self-influence (TracIn)", high_reason="low self-influence (TracIn)")
 def score(ctx: Context) -> pd.DataFrame:
     return _tracin(ctx, "tracin", last_layer=False)
 
 
-@register("tracin_last_layer", cost_class="per-sample-gradients", shardable=True)
+@register("tracin_last_layer", cost_class="per-sample-gradients", shardable=True,
+          low_reason="high self-influence (TracIn)", high_reason="low self-influence (TracIn)")
 def score_last_layer(ctx: Context) -> pd.DataFrame:
     return _tracin(ctx, "tracin_last_layer", last_layer=True)

@@ -158,13 +158,16 @@ def train_and_record(ctx: Context, cfg: dict, name: str) -> DynamicsRecorder:
     return recorder
 
 
-@register("aum", cost_class="retraining", shardable=True)
+@register("aum", cost_class="retraining", shardable=True,
+          low_reason="low margin through training (AUM)", high_reason="high margin through training (AUM)")
 def aum(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["aum"]
-    return ctx.select(train_and_record(ctx, cfg, "aum").mean_margin().astype(np.float64))
+    margin = train_and_record(ctx, cfg, "aum").mean_margin().astype(np.float64)
+    return ctx.select(margin, {"area_under_margin": margin})
 
 
-@register("forgetting", cost_class="retraining", shardable=True)
+@register("forgetting", cost_class="retraining", shardable=True,
+          low_reason="forgotten during training", high_reason="learned and never forgotten")
 def forgetting(ctx: Context) -> pd.DataFrame:
     cfg = ctx.params["importance"]["estimators"]["forgetting"]
     tie_break = float(cfg["tie_break"])
@@ -172,5 +175,7 @@ def forgetting(ctx: Context) -> pd.DataFrame:
         raise ValueError(f"importance.estimators.forgetting.tie_break must be in [0, 1), got {tie_break}")
     recorder = train_and_record(ctx, cfg, "forgetting")
     # sigmoid(mean margin) is in (0, 1), so the tie-break never outweighs one forgetting event.
-    margin = torch.from_numpy(recorder.mean_margin())
-    return ctx.select((-recorder.forgetting_counts() + tie_break * torch.sigmoid(margin).numpy()).astype(np.float64))
+    margin = recorder.mean_margin()
+    events = recorder.forgetting_counts()
+    score = (-events + tie_break * torch.sigmoid(torch.from_numpy(margin)).numpy()).astype(np.float64)
+    return ctx.select(score, {"forgetting_events": events, "mean_margin": margin})

@@ -71,14 +71,28 @@ def cluster_representatives(scores: np.ndarray, vectors: np.ndarray, cfg: dict, 
     return kept
 
 
+# Why a drop rule gave a row weight 0 (DROPPED_BY[code]); code 0: no rule did.
+DROPPED_BY = ("", "dropped: lowest scores (drop_lowest_percent)", "dropped: low-scoring session (drop_sessions_percent)",
+              "dropped: not a cluster representative (cluster_representatives)")
+
+
 def transform(scores: np.ndarray, cfg: dict, groups: np.ndarray | None = None,
               sessions: np.ndarray | None = None, vectors: np.ndarray | None = None,
               seed: int = 0) -> np.ndarray:
-    """The weight transform of params (importance section), in order: normalise, temperature and clip
+    """`explained_transform` without the reasons."""
+    return explained_transform(scores, cfg, groups, sessions, vectors, seed)[0]
+
+
+def explained_transform(scores: np.ndarray, cfg: dict, groups: np.ndarray | None = None,
+                        sessions: np.ndarray | None = None, vectors: np.ndarray | None = None,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, dropped): the weight transform of params (importance section), in order: normalise, temperature and clip
     (to_weights), zero weight for the lowest `drop_lowest_percent` of scores within each group, for every row of the
     sessions whose mean score is in the lowest `drop_sessions_percent`, and for the rows that are not
-    among their k-means cluster's best (`cluster_representatives`, on `vectors`), then mean 1 again."""
+    among their k-means cluster's best (`cluster_representatives`, on `vectors`), then mean 1 again.
+    `dropped` is each row's first drop rule, as an index into DROPPED_BY."""
     scores = np.asarray(scores, dtype=np.float64)
+    dropped = np.zeros(len(scores), dtype=np.int8)
     groups = np.zeros(len(scores), dtype=np.int64) if groups is None else np.asarray(groups)
     scaled = normalise(scores, cfg.get("normalise", "none"), groups)
     weights = to_weights(scaled, cfg["temperature"], tuple(cfg["clip"]), groups)
@@ -87,26 +101,37 @@ def transform(scores: np.ndarray, cfg: dict, groups: np.ndarray | None = None,
         # Within each group, as the weights are balanced: clicks score lower than non-clicks under most
         # estimators, and a drop across labels would remove clicks first.
         rank = pd.Series(scores).groupby(groups).rank(method="first", pct=True).to_numpy()
-        weights[rank <= drop / 100] = 0.0
+        _drop(weights, dropped, rank <= drop / 100, 1)
     drop_sessions = float(cfg.get("drop_sessions_percent", 0))
     if drop_sessions > 0 and sessions is not None:
         sessions = pd.Series(np.asarray(sessions))
         rank = pd.Series(scores).groupby(sessions).mean().rank(method="first", pct=True)
-        weights[sessions.map(rank).to_numpy() <= drop_sessions / 100] = 0.0
+        _drop(weights, dropped, sessions.map(rank).to_numpy() <= drop_sessions / 100, 2)
     representatives = cfg.get("cluster_representatives") or {}
     if representatives.get("clusters"):
         if vectors is None:
             raise ValueError("importance.cluster_representatives needs the rows' embeddings")
-        weights[~cluster_representatives(scores, vectors, representatives, seed)] = 0.0
+        _drop(weights, dropped, ~cluster_representatives(scores, vectors, representatives, seed), 3)
     if not weights.any():
         raise ValueError("the weight transform gave every row weight 0; lower drop_lowest_percent or "
                          "drop_sessions_percent")
-    return weights / weights.mean()
+    return weights / weights.mean(), dropped
+
+
+def _drop(weights: np.ndarray, dropped: np.ndarray, rows: np.ndarray, rule: int) -> None:
+    dropped[rows & (dropped == 0)] = rule
+    weights[rows] = 0.0
 
 
 def log_weights(impressions: pd.DataFrame, scores: np.ndarray, cfg: dict, vectors: np.ndarray | None = None,
                 seed: int = 0) -> np.ndarray:
     """`transform` for a log's rows: grouped by cfg's balance_by column, sessions from session_id."""
+    return explained_log_weights(impressions, scores, cfg, vectors, seed)[0]
+
+
+def explained_log_weights(impressions: pd.DataFrame, scores: np.ndarray, cfg: dict,
+                          vectors: np.ndarray | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`explained_transform` for a log's rows."""
     groups = impressions[cfg["balance_by"]].to_numpy() if cfg.get("balance_by") else None
     sessions, _ = pd.factorize(impressions["session_id"])  # integer codes: no Python string per row
-    return transform(scores, cfg, groups, sessions, vectors, seed)
+    return explained_transform(scores, cfg, groups, sessions, vectors, seed)
