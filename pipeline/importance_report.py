@@ -1,5 +1,6 @@
-"""The importance report of a run: how the weights are spread, which impressions count least and why,
-and which sessions, users and items look suspicious. User ids appear only pseudonymised."""
+"""The importance report of a run: how the weights are spread, which impressions count least and why
+(grouped by reason, with the evidence behind it and an event lookup), and which sessions, users and
+items look suspicious. User ids appear only pseudonymised."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +13,7 @@ import pandas as pd
 from pipeline.atomic import dumps_json
 from pipeline.contract import same_event_ids
 from pipeline.html_page import cell, page, table
+from pipeline.importance_lookup import section as lookup_section
 from pipeline.svg_chart import histogram
 
 
@@ -59,10 +61,12 @@ def facts(scores: pd.DataFrame, impressions: pd.DataFrame, catalog: pd.DataFrame
     are looked up only for the rows shown, so a 10M-row log costs a few columns, not a copy of itself."""
     columns = ["event_id", "request_id", "session_id", "user_id", "surface", "query", "item_id", "position",
                "clicked", "purchased"]
+    evidence = [c for c in scores.columns if c.startswith("evidence_")]
+    kept = ["score", "weight", *[c for c in ("reason", "split") if c in scores.columns], *evidence]
     if same_event_ids(scores["event_id"], impressions["event_id"]):
-        frame = impressions[columns].assign(score=scores["score"].to_numpy(), weight=scores["weight"].to_numpy())
+        frame = impressions[columns].assign(**{c: scores[c].to_numpy() for c in kept})
     else:
-        frame = impressions[columns].merge(scores[["event_id", "score", "weight"]], on="event_id", how="inner")
+        frame = impressions[columns].merge(scores[["event_id", *kept]], on="event_id", how="inner")
     frame["low"] = frame["weight"] < float(cfg["low_weight"])
     salt = str(cfg["pseudonym_salt"])
     titles = catalog.drop_duplicates("item_id").set_index("item_id")["title"]
@@ -99,8 +103,10 @@ def facts(scores: pd.DataFrame, impressions: pd.DataFrame, catalog: pd.DataFrame
         "weight": {q: round(float(frame["weight"].quantile(v)), 6) for q, v in
                    (("min", 0.0), ("p10", 0.1), ("p50", 0.5), ("p90", 0.9), ("max", 1.0))},
         "low_weight_threshold": float(cfg["low_weight"]),
+        "low_weight_rows": int(frame["low"].sum()),
+        "by_reason": _by_reason(frame, evidence, titles, int(cfg["reason_examples"])) if "reason" in frame else [],
         "lowest": records(lowest, ["event_id", "user", "surface", "query", "title", "position", "clicked",
-                                   "purchased", "score", "weight"]),
+                                   "purchased", "score", "weight", *(["reason"] if "reason" in frame else [])]),
         "by_surface": _summary(frame, "surface"),
         "by_category": _category_summary(frame, catalog),
         "by_position": _summary(frame, "position"),
@@ -111,6 +117,48 @@ def facts(scores: pd.DataFrame, impressions: pd.DataFrame, catalog: pd.DataFrame
         "items_whose_clicks_never_convert": records(never_convert,
                                                     ["item_id", "title", "clicks", "purchases", "mean_weight"]),
     }, frame
+
+
+def _by_reason(frame: pd.DataFrame, evidence: list[str], titles: pd.Series, examples: int) -> list[dict]:
+    """Rows per reason (the low-weight reasons first, most rows first), with the mean of each evidence
+    column and the lowest-weighted examples."""
+    groups = []
+    low_total = max(1, int(frame["low"].sum()))
+    for reason, rows in frame.groupby("reason", observed=True, sort=False):
+        shown = rows.nsmallest(examples, "weight")
+        groups.append({
+            "reason": str(reason), "rows": int(len(rows)), "low_weight_rows": int(rows["low"].sum()),
+            "share_of_low_weight_rows": round(float(rows["low"].sum()) / low_total, 6),
+            "clicks": int(rows["clicked"].sum()), "mean_weight": round(float(rows["weight"].mean()), 6),
+            "mean_evidence": {c.removeprefix("evidence_"): round(float(rows[c].mean()), 6) for c in evidence},
+            "examples": [{"event_id": str(r.event_id), "query": None if pd.isna(r.query) else str(r.query),
+                          "title": None if pd.isna(titles.get(r.item_id)) else str(titles.get(r.item_id)),
+                          "position": int(r.position), "clicked": int(r.clicked),
+                          "weight": round(float(r.weight), 6),
+                          **{c.removeprefix("evidence_"): round(float(getattr(r, c)), 6) for c in evidence}}
+                         for r in shown.itertuples(index=False)]})
+    return sorted(groups, key=lambda g: (-g["low_weight_rows"], -g["rows"], g["reason"]))
+
+
+def _reason_section(report: dict) -> list[str]:
+    groups = report["by_reason"]
+    if not groups:
+        return []
+    threshold = report["low_weight_threshold"]
+    evidence = list(groups[0]["mean_evidence"])
+    rows = [[escape(g["reason"]), cell(g["rows"]), cell(g["low_weight_rows"]), cell(g["share_of_low_weight_rows"]),
+             cell(g["clicks"]), cell(g["mean_weight"]), *[cell(g["mean_evidence"][e]) for e in evidence]]
+            for g in groups]
+    body = ["<h2>Why weights are low: rows by reason</h2>",
+            f"<p>{report['low_weight_rows']} of {report['events']} impressions weigh less than {threshold:g} "
+            f"(importance.report.low_weight). Each row's reason and evidence are columns of scores.parquet.</p>",
+            table("by_reason", ["reason", "rows", "low-weight rows", "share of low-weight rows", "clicks",
+                                "mean weight", *[f"mean {e}" for e in evidence]], rows)]
+    for i, g in enumerate(groups):
+        if g["low_weight_rows"]:
+            body += [f"<h3>{escape(g['reason'])}: lowest-weighted examples</h3>",
+                     _rows_table(f"reason-examples-{i}", g["examples"])]
+    return body
 
 
 def _rows_table(table_id: str, rows: list[dict]) -> str:
@@ -127,6 +175,7 @@ def render(report: dict, frame: pd.DataFrame) -> str:
             f"<a href='report.json'>report.json</a></p>",
             "<div class='charts' id='charts'>", histogram("score", frame["score"]),
             histogram("weight", frame["weight"]), "</div>",
+            *_reason_section(report),
             "<h2>Lowest-valued impressions</h2>", _rows_table("lowest", report["lowest"])]
     for key, title in (("by_surface", "By surface"), ("by_category", "By category"),
                        ("by_position", "By position"), ("by_query_frequency", "By query frequency")):
@@ -140,9 +189,17 @@ def render(report: dict, frame: pd.DataFrame) -> str:
     return page(f"sieve importance {report['estimator']}", body)
 
 
+def lookup_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith("evidence_")]
+
+
 def write(folder: Path, scores: pd.DataFrame, impressions: pd.DataFrame, catalog: pd.DataFrame,
           estimator: str, cfg: dict) -> dict:
     report, frame = facts(scores, impressions, catalog, estimator, cfg)
     (folder / "report.json").write_text(dumps_json(report), encoding="utf-8")
-    (folder / "report.html").write_text(render(report, frame), encoding="utf-8")
+    html = render(report, frame)
+    if "reason" in frame:
+        html = html.replace("</body>", "".join(lookup_section(frame, lookup_columns(frame),
+                                                              int(cfg["lookup_rows"]))) + "</body>", 1)
+    (folder / "report.html").write_text(html, encoding="utf-8")
     return report

@@ -42,6 +42,7 @@ def tiny_params() -> dict:
     params["pretrain"].update(base_model="tiny-bert", max_steps=4, batch_size=8, embed_batch_size=128)
     params["ranker"]["hidden"] = 32
     params["importance"].update(folds=2, epochs=1)
+    params["importance"]["estimators"]["noise_mixture"].update(folds=2, epochs=1)
     params["train"]["epochs"] = 2
     # Tiny days give noisy rates: drift only fails on gross changes (tests of drift set their own).
     checks = params["validate"]["drift"]["checks"]

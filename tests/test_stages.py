@@ -67,7 +67,7 @@ def test_importance_report_summarises_and_pseudonymises(completed_run):
     out = completed_run / "work/importance"
     report = load(out / "report.json")
     impressions = read_impressions(completed_run / "data/raw", DAY)
-    assert report["events"] == len(impressions) and report["estimator"] == "oof_loss"
+    assert report["events"] == len(impressions) and report["estimator"] == "noise_mixture"
     assert len(report["lowest"]) == 20
     assert [r["score"] for r in report["lowest"]] == sorted(r["score"] for r in report["lowest"])
     assert {r["surface"] for r in report["by_surface"]} == set(impressions["surface"])
