@@ -119,9 +119,8 @@ def test_the_open_bandit_sample_comes_in_by_mapping_alone_and_passes_validation(
     assert len(catalog) == 80 and catalog.title.str.fullmatch(r"item \d+").all()
     assert catalog.category.str.count(">").eq(2).all()
 
-    # The first day through the retrain's first stages, in DVC, as the DAG runs them (the stages
-    # after pretrain take about as long again each: past this test's budget).
-    ran = pipeline("repro", "--day", FIRST_DAY, "validate", "corpus", "pretrain", cwd=ws)
+    # The first day through every stage of the retrain, in DVC, as the DAG runs them.
+    ran = pipeline("repro", "--day", FIRST_DAY, cwd=ws)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr
     summary = json.loads((ws / f"work/validate/dt={FIRST_DAY}/summary.json").read_text())
     assert summary["success"] is True and summary["failures"] == [], summary["failures"]
@@ -132,3 +131,15 @@ def test_the_open_bandit_sample_comes_in_by_mapping_alone_and_passes_validation(
     assert len(texts) == 80 and pq.read_table(ws / "work/corpus/pairs.parquet").num_rows == 0
     pretrain = json.loads((ws / "work/pretrain/metrics.json").read_text())
     assert pretrain["refresh_used"] is False and pretrain["texts"] == 80
+    # The default estimator scores every row and says why each weighs what it does.
+    scores = pq.read_table(ws / "work/importance/scores.parquet").to_pandas()
+    assert len(scores) == (source.day == FIRST_DAY).sum() and scores["reason"].notna().all()
+    assert scores.columns.str.startswith("evidence_").any()
+    # About 5 clicks a day: the held-out slice cannot judge a ranker, and the gate says so by its knob
+    # instead of blessing or failing; the (absent) champion is left alone.
+    decision = json.loads((ws / "work/gate/decision.json").read_text())
+    held_out_clicks = int(rows.loc[rows.event_id.isin(scores.loc[scores.split == "holdout", "event_id"]), "clicked"].sum())
+    assert held_out_clicks < tiny_params()["gate"]["min_clicks"]
+    assert decision["decision"] == "NOT_ENOUGH_EVIDENCE" and "gate.min_clicks" in decision["reason"]
+    promotion = json.loads((ws / "work/promote/promotion.json").read_text())
+    assert promotion["promoted"] is False and not (ws / "registry" / "champion.json").exists()
