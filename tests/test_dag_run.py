@@ -55,6 +55,19 @@ def test_good_day_runs_every_stage_and_promotes(dag, monkeypatch, tmp_path):
     assert (registry.model_dir(workspace / "registry", champion) / "ranker" / "ranker.safetensors").is_file()
 
 
+def test_a_day_long_before_the_first_scheduled_one_runs_its_tasks(dag, monkeypatch, tmp_path):
+    """A day from a real log's past (the Open Bandit sample's 2019) gets every task, instead of a run
+    that succeeds with no task: its day, broken, is rejected by validate (no retry to wait for)."""
+    workspace = make_workspace(tmp_path / "ws")
+    simulate(workspace, "2019-11-24")
+    break_missing_column(DayPaths(workspace / "data/raw", "2019-11-24"))
+    state, states = run_dag(dag, monkeypatch, workspace, "2019-11-24")
+    assert state == "failed"
+    assert states["acquire_workspace"] == "success" and states["validate"] == "failed"
+    assert states["release_workspace"] == "success" and states["promote"] == "upstream_failed"
+    assert lease.read(workspace)["holder"] is None
+
+
 @pytest.fixture
 def webhook(monkeypatch):
     hook = Webhook()
