@@ -95,7 +95,7 @@ def score(ctx: Context) -> pd.DataFrame:
     epochs = positive_int(cfg, "epochs", "confident_learning")
     batch_size = positive_int(cfg, "batch_size", "confident_learning")
     day = ctx.data
-    train_clicks = training_labels(day)
+    train_clicks = training_labels(day, "confident_learning")
     train = day.train_index
 
     # A calibrated start: the thresholds compare probabilities.

@@ -117,7 +117,7 @@ def score(ctx: Context) -> pd.DataFrame:
     bags = positive_int(cfg, "bags", "data_oob")
     batch_size = positive_int(cfg, "batch_size", "data_oob")
     day = ctx.data
-    training_labels(day)
+    training_labels(day, "data_oob")
     max_position = int(ctx.params["ranker"]["max_position"])
     train_x = day.x.subset(day.train_index)
     counts = bootstrap_counts(len(train_x), bags, np.random.default_rng(ctx.seed))

@@ -198,7 +198,8 @@ def validation_rows(ctx: Context, cfg: dict) -> np.ndarray:
     clicks = day.x.click.numpy()[mask]
     if len(clicks) == 0 or clicks.min() == clicks.max():
         raise ValueError(f"{NAME}: the validation slice ({source}) has {len(clicks)} rows; it needs both clicked "
-                         "and unclicked impressions")
+                         f"and unclicked impressions (importance.estimators.{NAME}.validation picks another "
+                         f"slice, validation_fraction a larger one)")
     return mask
 
 
@@ -206,11 +207,13 @@ def validation_rows(ctx: Context, cfg: dict) -> np.ndarray:
 
 def check_trainable(x: Features) -> None:
     if len(x) == 0:
-        raise ValueError(f"{NAME}: no impressions left to train on outside the holdout and validation slices")
+        raise ValueError(f"{NAME}: no impressions left to train on outside the holdout and validation slices "
+                         f"(lower split.holdout_fraction or importance.estimators.{NAME}.validation_fraction)")
     clicks = int(x.click.sum())
     if clicks == 0 or clicks == len(x):
         raise ValueError(f"{NAME}: every impression to train on has clicked={int(x.click[0])}; the estimator "
-                         "needs both clicked and unclicked impressions to train on")
+                         "needs both clicked and unclicked impressions to train on (a longer log, or another "
+                         "estimator: importance.estimator)")
 
 
 def validation_sample(validation_index: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

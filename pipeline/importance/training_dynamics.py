@@ -24,15 +24,18 @@ from pipeline.dataset import DayData
 from pipeline.importance.registry import Context, register
 
 
-def training_labels(day: DayData) -> np.ndarray:
-    """Click labels of the training slice; a ValueError when the slice cannot train a classifier."""
+def training_labels(day: DayData, name: str) -> np.ndarray:
+    """Click labels of the training slice; a ValueError naming estimator `name` and the knob to turn
+    when the slice cannot train a classifier."""
     train = day.train_index
     if len(train) == 0:
-        raise ValueError("the log has no training rows (every impression is in the holdout slice)")
+        raise ValueError(f"{name}: the log has no training rows (every impression is in the holdout slice); a lower "
+                         "split.holdout_fraction or a longer log leaves some to train on")
     clicks = day.x.click[torch.as_tensor(train)].numpy()
     if clicks.min() == clicks.max():
-        raise ValueError(f"every training impression has clicked={int(clicks[0])}; "
-                         "the estimator needs both clicked and unclicked impressions")
+        raise ValueError(f"{name}: every training impression has clicked={int(clicks[0])}; it needs both "
+                         "clicked and unclicked impressions (a longer log, or another estimator: "
+                         "importance.estimator)")
     return clicks
 
 
@@ -119,7 +122,7 @@ def train_and_record(ctx: Context, cfg: dict, name: str) -> DynamicsRecorder:
     """Train a fresh ranker on the training slice as ranker.fit does, recording every row's margin
     `checkpoints_per_epoch` times per epoch."""
     day, device = ctx.data, ctx.device
-    clicks = training_labels(day)
+    clicks = training_labels(day, name)
     epochs = positive_int(cfg, "epochs", name)
     per_epoch = positive_int(cfg, "checkpoints_per_epoch", name)
     eval_batch = positive_int(cfg, "batch_size", name)
