@@ -18,6 +18,7 @@ CLICKS_FEW = 4          # "a handful of clicks"
 LOW_CTR = 0.003         # a 0.3 % click-through rate
 FEW_REQUESTS = 6
 LIST_LENGTH = 100
+CATALOG_ITEMS = 100_000  # "a catalog of 100 k items of which a few thousand are shown"
 
 
 def _null_text(frame: pd.DataFrame, column: str) -> None:
@@ -88,6 +89,17 @@ def _emoji(value: str, index: int) -> str:
     return f"{marks[index % 3]} {value} {marks[3:]}" if index >= 0 else value
 
 
+def _large_catalog(catalog: pd.DataFrame) -> pd.DataFrame:
+    """The catalog padded to CATALOG_ITEMS with items never shown: the shown ones' fields recombined
+    under new ids and numbered titles, so every added title is a distinct text."""
+    extra = CATALOG_ITEMS - len(catalog)
+    rng = np.random.default_rng(0)
+    padding = catalog.iloc[rng.integers(0, len(catalog), size=extra)].reset_index(drop=True)
+    padding["item_id"] = [f"unshown-{i:06d}" for i in range(extra)]
+    padding["title"] = padding["title"].to_numpy() + pd.Series([f" no. {i}" for i in range(extra)]).to_numpy()
+    return pd.concat([catalog, padding], ignore_index=True)
+
+
 def _nulls(imp: pd.DataFrame, catalog: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for column in columns:
         if column == "brand" or column == "category":
@@ -141,6 +153,8 @@ def transform(shape: str, imp: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.
         catalog, imp = _retitle(catalog, imp, _script(0x0628))
     elif shape == "emoji_titles":
         catalog, imp = _retitle(catalog, imp, _emoji)
+    elif shape == "large_catalog":
+        catalog = _large_catalog(catalog)
     else:
         raise ValueError(f"unknown shape {shape}")
     return imp.reset_index(drop=True), catalog
@@ -149,7 +163,7 @@ def transform(shape: str, imp: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.
 SHAPES = tuple(f"null_{c}" for c in ("brand", "category", "price", "propensity", "f", "all")) + (
     "recommend_only", "search_only", "no_purchases", "ctr_low", "few_clicks", "one_item_per_request",
     "shared_ts", "minute_ts", "few_requests", "long_lists", "long_titles", "cjk_titles", "arabic_titles",
-    "emoji_titles")
+    "emoji_titles", "large_catalog")
 
 
 def _table(frame: pd.DataFrame) -> pa.Table:
