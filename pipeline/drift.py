@@ -9,6 +9,10 @@ counts behind them: a change beyond the thresholds counts only when Fisher's exa
 count against the earlier days' pooled count says chance would rarely give it (p below
 validate.drift.rate_alpha). On a sparse log, 0 clicks at position 2 where 2.7 were expected is chance,
 not drift; on a large log any change past the thresholds is significant and decides as before.
+The new-item and new-query shares are judged the same way against the log's own earlier novelty
+(each earlier day's new rows against the days before it), one-sided: a large catalog that shows new
+items every day is not drifting, a day far newer than its log's usual is. With no earlier novelty to
+compare with (the window's second day), the share's thresholds alone decide.
 """
 from __future__ import annotations
 
@@ -106,10 +110,30 @@ def rate_counts(impressions: pd.DataFrame, positions: int) -> dict[str, tuple[in
     return counts
 
 
-def chance_p_value(today: tuple[int, int], history: tuple[int, int]) -> float:
-    """Two-sided Fisher exact p-value of the day's (events, rows) against the earlier days' pooled ones."""
+def novelty_counts(days: list[tuple[str, pd.DataFrame]]) -> list[dict[str, tuple[int, int]]]:
+    """(new rows, rows) behind each day's new_item_share and new_query_share, as statistics_over counts
+    them (against the days before it; the first day has none)."""
+    seen_items: set = set()
+    seen_queries: set = set()
+    out = []
+    for _, frame in days:
+        items, queries = frame["item_id"].dropna(), frame["query"].dropna()
+        counts = {}
+        if seen_items:
+            counts["new_item_share"] = (int((~items.isin(seen_items)).sum()), len(items))
+        if seen_queries:
+            counts["new_query_share"] = (int((~queries.isin(seen_queries)).sum()), len(queries))
+        out.append(counts)
+        seen_items |= set(items)
+        seen_queries |= set(queries)
+    return out
+
+
+def chance_p_value(today: tuple[int, int], history: tuple[int, int], alternative: str = "two-sided") -> float:
+    """Fisher exact p-value of the day's (events, rows) against the earlier days' pooled ones
+    (`alternative` "greater": only a day whose rate is above theirs counts against chance)."""
     (k, n), (k_past, n_past) = today, history
-    return float(fisher_exact([[k, n - k], [k_past, n_past - k_past]]).pvalue)
+    return float(fisher_exact([[k, n - k], [k_past, n_past - k_past]], alternative=alternative).pvalue)
 
 
 def statistics_over(days: list[tuple[str, pd.DataFrame]], positions: int) -> list[dict]:
@@ -188,12 +212,14 @@ def check(statistic: str, today: dict, history: list[dict], rule: dict, min_hist
     status = FAILED if amount >= rule["fail"] else WARNING if amount >= rule["warn"] else PASSED
     shown = "inf" if amount == float("inf") else round(amount, 6)
     detail = describe(statistic, value, baseline, amount, rule, key)
-    if counts is not None and rule["change"] != "value":
+    if counts is not None and (rule["change"] != "value" or counts[1][1] > 0):
+        # A value check (a share of new items or queries) is judged against the log's own earlier
+        # novelty when it has some: a large catalog shows new items every day, and a few rows are noisy.
         (k, n), (k_past, n_past) = counts
         expected = round(n * k_past / n_past, 2) if n_past else None
         result.update(events=k, rows=n, expected_events=expected)
-        if status != PASSED and alpha > 0:
-            p = chance_p_value(counts[0], counts[1])
+        if status != PASSED and alpha > 0 and n_past > 0:
+            p = chance_p_value(counts[0], counts[1], "greater" if rule["change"] == "value" else "two-sided")
             result["p_value"] = round(p, 6)
             if p >= alpha:
                 status = PASSED
@@ -251,6 +277,10 @@ def drift_report(day: str, today_frame: pd.DataFrame, frames: list[tuple[str, pd
     series = statistics_over([*frames, (day, today_frame)], positions)
     history, today = series[:-1], series[-1]
     counts = pooled_counts(today_frame, frames, positions)
+    novelty = novelty_counts([*frames, (day, today_frame)])
+    for name, today_counts in novelty[-1].items():
+        having = [c[name] for c in novelty[:-1] if c.get(name, (0, 0))[1] > 0]
+        counts[name] = (today_counts, (sum(k for k, _ in having), sum(n for _, n in having)))
     alpha = rate_alpha(cfg)
     checks = [check(name, today, history, cfg["checks"][rule], int(cfg["min_history_days"]), counts.get(name),
                     alpha, f"validate.drift.checks.{rule}")

@@ -77,6 +77,71 @@ CHECKS = {"auc_click": {"direction": "higher", "min_value": 0.55, "max_regressio
           "auc_purchase": {"direction": "higher", "min_value": 0.55, "max_regression": 0.02}}
 
 
+def items_day(rows: int, items: list[str]) -> pd.DataFrame:
+    """`rows` impressions spread over `items` in turn, a few clicks, no queries."""
+    frame = a_day(rows // 10, {1: 2})
+    frame["item_id"] = [items[i % len(items)] for i in range(len(frame))]
+    return frame
+
+
+def fisher_greater(k: int, n: int, k_past: int, n_past: int) -> float:
+    """Brute-force one-sided Fisher test: the tables with at least k events on the day."""
+    total, events = n + n_past, k + k_past
+    return sum(math.comb(n, x) * math.comb(n_past, events - x) / math.comb(total, events)
+               for x in range(k, min(n, events) + 1))
+
+
+def novelty_check(days: list[pd.DataFrame]) -> dict:
+    dates = [f"2026-11-0{i + 1}" for i in range(len(days))]
+    report = drift.drift_report(dates[-1], days[-1], list(zip(dates[:-1], days[:-1])), [], DRIFT)
+    return {c["statistic"]: c for c in report["checks"]}["new_item_share"]
+
+
+def test_a_large_catalog_showing_new_items_every_day_is_its_usual_novelty_not_drift():
+    """Each day shows 600 items, 360 of them never shown before (60 % new rows, past the 0.5 fail
+    threshold): the earlier days were as new, so the day is no drift, and the check says why."""
+    days = [items_day(600, [f"d{d}-{i}" if i < 360 else f"shared-{i}" for i in range(600)]) for d in range(4)]
+    check = novelty_check(days)
+    assert check["value"] == pytest.approx(0.6) and check["status"] == "passed"
+    assert (check["events"], check["rows"]) == (360, 600)
+    assert check["expected_events"] == pytest.approx(360.0)  # two earlier days with a novelty: 720 of 1200
+    assert "within chance" in check["detail"] and "validate.drift.checks.new_item_share" in check["detail"]
+
+
+def earlier_novelty(days: list[pd.DataFrame]) -> tuple[int, int]:
+    """Row by row: the earlier days' rows on items no day before them showed, and their rows, summed
+    over the days that have a day before them."""
+    new = rows = 0
+    for d in range(1, len(days)):
+        seen = {item for day in days[:d] for item in day["item_id"]}
+        new += sum(item not in seen for item in days[d]["item_id"])
+        rows += len(days[d])
+    return new, rows
+
+
+def test_a_day_far_newer_than_its_log_fails_and_a_few_new_rows_are_chance():
+    usual = [items_day(1000, [f"i{i}" for i in range(60)] + [f"d{d}-{i}" for i in range(40)]) for d in range(3)]
+    past_new, past_rows = earlier_novelty(usual)
+    renamed = items_day(1000, [f"renamed-{i}" for i in range(110)])  # a catalog id remap: every row new
+    failed = novelty_check([*usual, renamed])
+    assert failed["status"] == "failed" and failed["value"] == 1.0
+    assert failed["p_value"] == pytest.approx(fisher_greater(1000, 1000, past_new, past_rows), abs=1e-6)
+    # A day of 20 rows, 12 on new items (past the 0.5 threshold) where the log's days run 40 % new:
+    # chance at these counts.
+    few = items_day(20, [f"i{i}" for i in range(8)] + [f"new-{i}" for i in range(12)])
+    check = novelty_check([*usual, few])
+    assert (check["events"], check["rows"]) == (12, 20) and check["value"] == 0.6
+    assert check["p_value"] == pytest.approx(fisher_greater(12, 20, past_new, past_rows), abs=1e-6)
+    assert check["p_value"] >= DRIFT["rate_alpha"] and check["status"] == "passed"
+    assert "within chance" in check["detail"]
+
+
+def test_the_second_day_has_no_earlier_novelty_and_its_thresholds_decide():
+    first, second = items_day(500, [f"a{i}" for i in range(50)]), items_day(500, [f"b{i}" for i in range(50)])
+    check = novelty_check([first, second])
+    assert check["value"] == 1.0 and check["status"] == "failed" and "p_value" not in check
+
+
 def held_out(clicks: int, purchases: int, auc_purchase=0.7, champion=None) -> dict:
     return {"day": "2026-11-02", "rows": 900, "clicks": clicks, "purchases": purchases,
             "candidate": {"auc_click": 0.7, "auc_purchase": auc_purchase}, "champion": champion,
