@@ -56,8 +56,12 @@ def main() -> int:
     base = rows["noise_kind"].value_counts(normalize=True).round(4).to_dict()
     reasons = {}
     for reason, group in rows.groupby("reason", observed=True):
-        reasons[str(reason)] = {"rows": int(len(group)),
-                                "share_by_noise_kind": group["noise_kind"].value_counts(normalize=True).round(4).to_dict()}
+        reasons[str(reason)] = {
+            "rows": int(len(group)),
+            "share_by_noise_kind": group["noise_kind"].value_counts(normalize=True).round(4).to_dict(),
+            # recall: of each kind's rows in the log, the share this reason names
+            "share_of_noise_kind_rows": (group["noise_kind"].value_counts() / rows["noise_kind"].value_counts())
+            .dropna().round(4).to_dict()}
     result = {"estimator": estimator, "rows": int(len(rows)), "importance_seconds": round(seconds, 1),
               "noise_kind_share_of_log": base, "reasons": reasons,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
@@ -68,6 +72,8 @@ def main() -> int:
     for reason, entry in sorted(reasons.items(), key=lambda kv: -kv[1]["rows"]):
         shares = ", ".join(f"{k} {v:.3f} ({base.get(k, 0):.3f})" for k, v in entry["share_by_noise_kind"].items())
         print(f"{reason:<30} {entry['rows']:>6}  {shares}")
+        recall = ", ".join(f"{k} {v:.3f}" for k, v in entry["share_of_noise_kind_rows"].items())
+        print(f"{'':<30} {'':>6}  share of each kind's rows given this reason: {recall}")
     return 0
 
 
