@@ -69,9 +69,9 @@ def _quantile(series: pd.Series, q: float) -> float | None:
     return round(float(values.quantile(q)), 6) if len(values) else None
 
 
-def day_statistics(impressions: pd.DataFrame, positions: int, seen_items: set | None,
-                   seen_queries: set | None) -> dict[str, float | None]:
-    """The statistics of one day; new-item and new-query shares need the earlier days' sets."""
+def day_statistics(impressions: pd.DataFrame, positions: int) -> dict[str, float | None]:
+    """The statistics of one day; the new-item and new-query shares, which need the earlier days, are
+    left None here and filled by statistics_over."""
     stats: dict[str, float | None] = {"row_count": float(len(impressions))}
     clicked = pd.to_numeric(impressions["clicked"], errors="coerce")
     stats["ctr"] = _rate(clicked)
@@ -83,9 +83,7 @@ def day_statistics(impressions: pd.DataFrame, positions: int, seen_items: set | 
         if column in impressions:
             stats[f"null_rate_{column}"] = _rate(impressions[column].isna())
     queries = impressions["query"].dropna()
-    items = impressions["item_id"].dropna()
-    stats["new_item_share"] = _rate(~items.isin(seen_items)) if seen_items else None
-    stats["new_query_share"] = _rate(~queries.isin(seen_queries)) if seen_queries else None
+    stats["new_item_share"] = stats["new_query_share"] = None
     words = queries.str.split().str.len()
     stats["query_length_mean"] = _rate(words)
     stats["query_length_p90"] = _quantile(words, 0.9)
@@ -111,8 +109,8 @@ def rate_counts(impressions: pd.DataFrame, positions: int) -> dict[str, tuple[in
 
 
 def novelty_counts(days: list[tuple[str, pd.DataFrame]]) -> list[dict[str, tuple[int, int]]]:
-    """(new rows, rows) behind each day's new_item_share and new_query_share, as statistics_over counts
-    them (against the days before it; the first day has none)."""
+    """(new rows, rows) of each day's new_item_share and new_query_share: rows on items (queries) no
+    earlier day showed; the first day has none. statistics_over derives the shares from them."""
     seen_items: set = set()
     seen_queries: set = set()
     out = []
@@ -136,15 +134,17 @@ def chance_p_value(today: tuple[int, int], history: tuple[int, int], alternative
     return float(fisher_exact([[k, n - k], [k_past, n_past - k_past]], alternative=alternative).pvalue)
 
 
-def statistics_over(days: list[tuple[str, pd.DataFrame]], positions: int) -> list[dict]:
-    """Statistics of each day, oldest first; each day's new shares are against the days before it."""
-    seen_items: set = set()
-    seen_queries: set = set()
+def statistics_over(days: list[tuple[str, pd.DataFrame]], positions: int,
+                    novelty: list[dict[str, tuple[int, int]]] | None = None) -> list[dict]:
+    """Statistics of each day, oldest first; each day's new shares are against the days before it
+    (from `novelty`, novelty_counts of the same days, counted here when not given)."""
+    novelty = novelty_counts(days) if novelty is None else novelty
     out = []
-    for day, frame in days:
-        out.append({"day": day, **day_statistics(frame, positions, seen_items or None, seen_queries or None)})
-        seen_items |= set(frame["item_id"].dropna())
-        seen_queries |= set(frame["query"].dropna())
+    for (day, frame), counts in zip(days, novelty):
+        stats = day_statistics(frame, positions)
+        for name, (new, rows) in counts.items():
+            stats[name] = round(new / rows, 6) if rows else None
+        out.append({"day": day, **stats})
     return out
 
 
@@ -258,11 +258,9 @@ def rate_alpha(cfg: dict) -> float:
     return float(alpha)
 
 
-def pooled_counts(today_frame: pd.DataFrame, frames: list[tuple[str, pd.DataFrame]],
-                  positions: int) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
-    """Each rate's (events, rows) on the day, and summed over the earlier days that have it."""
-    today = rate_counts(today_frame, positions)
-    past = [rate_counts(frame, positions) for _, frame in frames]
+def pooled(today: dict[str, tuple[int, int]], past: list[dict[str, tuple[int, int]]]
+           ) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """Each statistic's (events, rows) on the day, and summed over the earlier days that have it."""
     out = {}
     for name, counts in today.items():
         having = [p[name] for p in past if name in p and p[name][1] > 0]
@@ -270,17 +268,20 @@ def pooled_counts(today_frame: pd.DataFrame, frames: list[tuple[str, pd.DataFram
     return out
 
 
+def pooled_counts(today_frame: pd.DataFrame, frames: list[tuple[str, pd.DataFrame]],
+                  positions: int) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """Each rate's (events, rows) on the day, and summed over the earlier days that have it."""
+    return pooled(rate_counts(today_frame, positions), [rate_counts(frame, positions) for _, frame in frames])
+
+
 def drift_report(day: str, today_frame: pd.DataFrame, frames: list[tuple[str, pd.DataFrame]],
                  unreadable: list[str], cfg: dict) -> dict:
     """Statistics of the day and its window, and one check per statistic that has a rule."""
     positions = int(cfg["positions"])
-    series = statistics_over([*frames, (day, today_frame)], positions)
-    history, today = series[:-1], series[-1]
-    counts = pooled_counts(today_frame, frames, positions)
     novelty = novelty_counts([*frames, (day, today_frame)])
-    for name, today_counts in novelty[-1].items():
-        having = [c[name] for c in novelty[:-1] if c.get(name, (0, 0))[1] > 0]
-        counts[name] = (today_counts, (sum(k for k, _ in having), sum(n for _, n in having)))
+    series = statistics_over([*frames, (day, today_frame)], positions, novelty)
+    history, today = series[:-1], series[-1]
+    counts = {**pooled_counts(today_frame, frames, positions), **pooled(novelty[-1], novelty[:-1])}
     alpha = rate_alpha(cfg)
     checks = [check(name, today, history, cfg["checks"][rule], int(cfg["min_history_days"]), counts.get(name),
                     alpha, f"validate.drift.checks.{rule}")

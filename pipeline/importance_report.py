@@ -13,6 +13,7 @@ import pandas as pd
 from pipeline.atomic import dumps_json
 from pipeline.contract import same_event_ids
 from pipeline.html_page import cell, page, table
+from pipeline.importance.reasons import evidence_columns
 from pipeline.importance_lookup import section as lookup_section
 from pipeline.svg_chart import histogram
 
@@ -61,7 +62,7 @@ def facts(scores: pd.DataFrame, impressions: pd.DataFrame, catalog: pd.DataFrame
     are looked up only for the rows shown, so a 10M-row log costs a few columns, not a copy of itself."""
     columns = ["event_id", "request_id", "session_id", "user_id", "surface", "query", "item_id", "position",
                "clicked", "purchased"]
-    evidence = [c for c in scores.columns if c.startswith("evidence_")]
+    evidence = evidence_columns(scores)
     kept = ["score", "weight", *[c for c in ("reason", "split") if c in scores.columns], *evidence]
     if same_event_ids(scores["event_id"], impressions["event_id"]):
         frame = impressions[columns].assign(**{c: scores[c].to_numpy() for c in kept})
@@ -168,7 +169,7 @@ def _rows_table(table_id: str, rows: list[dict]) -> str:
     return table(table_id, headers, [[cell(r[h]) for h in headers] for r in rows])
 
 
-def render(report: dict, frame: pd.DataFrame) -> str:
+def render(report: dict, frame: pd.DataFrame, lookup_rows: int) -> str:
     body = [f"<h1>Importance: {escape(report['estimator'])}</h1>",
             f"<p>{report['events']} impressions scored. Weights: median {report['weight']['p50']:.3g}, "
             f"10% below {report['weight']['p10']:.3g}, 10% above {report['weight']['p90']:.3g}. "
@@ -186,20 +187,14 @@ def render(report: dict, frame: pd.DataFrame) -> str:
              _rows_table("bot_like_users", report["bot_like_users"]),
              "<h2>Items whose clicks never convert</h2>",
              _rows_table("items_whose_clicks_never_convert", report["items_whose_clicks_never_convert"])]
+    if "reason" in frame:
+        body += lookup_section(frame, evidence_columns(frame), lookup_rows)
     return page(f"sieve importance {report['estimator']}", body)
-
-
-def lookup_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith("evidence_")]
 
 
 def write(folder: Path, scores: pd.DataFrame, impressions: pd.DataFrame, catalog: pd.DataFrame,
           estimator: str, cfg: dict) -> dict:
     report, frame = facts(scores, impressions, catalog, estimator, cfg)
     (folder / "report.json").write_text(dumps_json(report), encoding="utf-8")
-    html = render(report, frame)
-    if "reason" in frame:
-        html = html.replace("</body>", "".join(lookup_section(frame, lookup_columns(frame),
-                                                              int(cfg["lookup_rows"]))) + "</body>", 1)
-    (folder / "report.html").write_text(html, encoding="utf-8")
+    (folder / "report.html").write_text(render(report, frame, int(cfg["lookup_rows"])), encoding="utf-8")
     return report

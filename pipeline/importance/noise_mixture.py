@@ -113,8 +113,12 @@ def component_posteriors(p_human, click, session, mixture: Mixture, accidental_r
 def clean_log_probability(p_human, click, session, mixture: Mixture, accidental_rate: float,
                           eps: float = 1e-4) -> np.ndarray:
     """log P(clean) per row: its session is human's and, when clicked, the click is not accidental."""
-    clean = component_posteriors(p_human, click, session, mixture, accidental_rate, eps)["p_clean"]
-    return np.log(np.clip(clean, eps, 1.0))
+    return log_clean(component_posteriors(p_human, click, session, mixture, accidental_rate, eps)["p_clean"], eps)
+
+
+def log_clean(p_clean: np.ndarray, eps: float) -> np.ndarray:
+    """The score: log P(clean), kept above log(eps)."""
+    return np.log(np.clip(p_clean, eps, 1.0))
 
 
 def low_weight_reason(evidence: pd.DataFrame) -> np.ndarray:
@@ -147,5 +151,4 @@ def score(ctx: Context) -> pd.DataFrame:
                           iterations=int(cfg["iterations"]), tol=float(cfg["tol"]), eps=eps)
     accidental_rate = float(np.quantile(np.clip(p_human, eps, 1 - eps), float(cfg["accidental_quantile"])))
     posteriors = component_posteriors(p_human, click, session, mixture, accidental_rate, eps)
-    score = np.log(np.clip(posteriors["p_clean"], eps, 1.0))
-    return ctx.select(score, {**posteriors, "p_click_human": p_human})
+    return ctx.select(log_clean(posteriors["p_clean"], eps), {**posteriors, "p_click_human": p_human})
