@@ -27,10 +27,10 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import ranker  # noqa: E402
+from pipeline.model import ranker  # noqa: E402
 from pipeline.compute import setup  # noqa: E402
-from pipeline.contract import DayPaths  # noqa: E402
-from pipeline.dataset import load_log  # noqa: E402
+from pipeline.data.contract import DayPaths  # noqa: E402
+from pipeline.model.dataset import load_log  # noqa: E402
 from pipeline.importance import registry  # noqa: E402
 
 DAY = "2026-11-01"

@@ -36,8 +36,8 @@ TARGET_GIB = 4.0
 
 def embed_texts(raw: Path, out: Path, params: dict) -> int:
     """The log's unique titles and queries embedded with the base encoder, saved as pretrain saves them."""
-    from pipeline import embeddings
-    from pipeline.dataset import embed_with_base
+    from pipeline.model import embeddings
+    from pipeline.model.dataset import embed_with_base
 
     catalog = pq.read_table(next((raw / "catalog").glob("dt=*")), columns=["title"]).column("title")
     queries = set()

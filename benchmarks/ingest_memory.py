@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.contract import CATALOG_SCHEMA, IMPRESSION_SCHEMA  # noqa: E402
+from pipeline.data.contract import CATALOG_SCHEMA, IMPRESSION_SCHEMA  # noqa: E402
 
 TARGET_GIB = 3.0
 START = date(2026, 11, 1)

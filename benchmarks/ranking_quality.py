@@ -6,7 +6,7 @@ trivial baselines on the same rows.
 
 Simulates `--days` default days. For each day d but the last, it runs the retrain's stages as the DAG
 does (corpus, pretrain, importance with the default estimator, train), then scores every impression
-of day d+1 with that model (its own encoder, pipeline.model_scoring) and measures NDCG@10 with the
+of day d+1 with that model (its own encoder, pipeline.model.scoring) and measures NDCG@10 with the
 true relevance as the gain, search and recommendations apart. Beside it, on the same rows: random,
 the logging order, item popularity (day d's click rate), the zero-shot cosine of the base encoder and
 of the refreshed one and the query's trigram overlap with the title (search), and the same ranker
@@ -33,8 +33,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import baselines, corpus, dataset, embeddings, features, metrics, pretrain, simulate, train  # noqa: E402
-from pipeline.model_scoring import model_predictions  # noqa: E402
+from pipeline.model import baselines, dataset, embeddings, features, metrics  # noqa: E402
+from pipeline.data import corpus, simulate  # noqa: E402
+from pipeline.stages import pretrain, train  # noqa: E402
+from pipeline.model.scoring import model_predictions  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 
 FIRST_DAY = "2026-11-01"
@@ -80,7 +82,7 @@ def text_match(folder: Path, impressions: pd.DataFrame, catalog: pd.DataFrame, p
                name: str = "query_title_cosine") -> np.ndarray:
     """A query-title match feature of the rows (dense feature `name`) with the encoder in `folder`:
     the cosine under that encoder, or the trigram overlap (0 without a query)."""
-    from pipeline import encoder as enc
+    from pipeline.model import encoder as enc
 
     tokenizer, model = enc.load_encoder(folder / "encoder")
     texts = sorted(set(features.item_titles(impressions, catalog)) | set(impressions["query"].dropna()))

@@ -5,7 +5,7 @@ million impressions it implies.
         [--out benchmarks/results/train_throughput.json]
 
 Simulates one day with the project's params, builds its features with the base encoder's embeddings
-(as the train stage sees them), then times pipeline/training.py's loop for each configuration after
+(as the train stage sees them), then times pipeline/model/training.py's loop for each configuration after
 one warm-up epoch. Configurations: fp32 (params as they are), workers2 (two DataLoader workers),
 accum4 (4 micro-batches per step), bf16 (autocast; on CUDA the default), tower1 (the base encoder's top
 layer tuned inside the ranker over cached bottom-layer states). On a machine with CUDA it
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from estimator_cost import simulated_day  # noqa: E402
 
-from pipeline import ranker, training  # noqa: E402
+from pipeline.model import ranker, training  # noqa: E402
 from pipeline.compute import setup  # noqa: E402
 
 CONFIGS = {
@@ -48,8 +48,8 @@ TEN_MILLION = 10_000_000
 
 def tuned_tower(data, params: dict, layers: int, device: str):
     """(tower, TextStates) from the base encoder, over the texts load_log embedded (same order)."""
-    from pipeline import encoder as enc
-    from pipeline import text_tower
+    from pipeline.model import encoder as enc
+    from pipeline.model import text_tower
 
     texts = sorted(set(data.catalog["title"].dropna()) | set(data.impressions["query"].dropna()))
     tokenizer, model = enc.load_base(params["pretrain"]["base_model"], params["pretrain"].get("tiny_bert", {}), 7)

@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from sieve_tasks import RAW_DAY, retry_args, workspace
 
 from pipeline.days import parse_day
-from pipeline.repro import missing_inputs
+from pipeline.runplan import missing_inputs
 
 
 @task(outlets=[RAW_DAY])

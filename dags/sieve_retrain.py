@@ -5,7 +5,7 @@ the sieve_raw_day asset (a day's logs landed), the day named in the event. Each 
 `python -m pipeline repro --day <day> --holder <run id> <stage>` in the workspace (SIEVE_WORKSPACE,
 default: this repository).
 
-`acquire_workspace` waits until the run holds the workspace's lease (pipeline/lease.py), so runs
+`acquire_workspace` waits until the run holds the workspace's lease (pipeline/ops/lease.py), so runs
 that are active at once (a backfill's, or a backfill beside the daily run) take turns, earliest day
 first; `release_workspace` (a teardown: it runs when a stage fails too) gives it back. A day the
 data contract rejects fails `validate` without retries, so nothing after it runs and the champion
@@ -28,7 +28,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from sieve_tasks import (KNOBS, RAW_DAY, acquire_workspace, default_args, publish, release_workspace,
                           run_day, run_stage, stage_task, workspace)
 
-from pipeline.repro import SHARD_STAGE, STAGES, shard_indices
+from pipeline.runplan import SHARD_STAGE, STAGES, shard_indices
 
 
 @task

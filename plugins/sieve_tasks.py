@@ -17,9 +17,9 @@ import yaml
 from airflow.sdk import Asset, Connection, PokeReturnValue, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
-from pipeline import events, lease
+from pipeline.ops import events, lease
 from pipeline.days import parse_day
-from pipeline.repro import EXIT_DATA_REJECTED, EXIT_LEASE_HELD, REJECTION_PREFIX
+from pipeline.runplan import EXIT_DATA_REJECTED, EXIT_LEASE_HELD, REJECTION_PREFIX
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -71,7 +71,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 def make_workspace(path: Path, params: dict | None = None) -> Path:
     """A fresh DVC repository holding the project's dvc.yaml, params and pipeline code, made as
     `python -m pipeline init` makes one."""
-    from pipeline.workspace import init_workspace
+    from pipeline.ops.workspace import init_workspace
 
     return init_workspace(path, params or tiny_params(), source=ROOT, force=True)
 

@@ -9,9 +9,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from conftest import tiny_params
-from pipeline.dataset import DayData
-from pipeline.features import DENSE_FEATURES, Features, holdout_mask
-from pipeline.importance import click_model, collaborative, position_ipw, registry
+from pipeline.model.dataset import DayData
+from pipeline.model.features import DENSE_FEATURES, Features, holdout_mask
+from pipeline.importance.estimators import click_model, collaborative, position_ipw
+from pipeline.importance import registry
 from pipeline.importance.registry import Context
 
 NAMES = ("click_model", "position_ipw", "collaborative", "knn_shapley")

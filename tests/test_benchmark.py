@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from conftest import DAY, run, tiny_params
-from pipeline import benchmark_metrics as bm
-from pipeline.selection import TRANSFORM_KEYS
+from pipeline.importance.benchmark import metrics as bm
+from pipeline.importance.selection import TRANSFORM_KEYS
 
 DETECTION = {"auroc", "auprc", "f1_two_means", "recall_at_noise"}
 TRANSFORMS = tiny_params()["benchmark"]["transforms"]
@@ -89,7 +89,7 @@ def test_recovery_standard_error_is_none_without_two_seeds_or_a_gap():
 
 
 def test_removal_drops_the_same_share_of_each_label():
-    from pipeline.benchmark import kept_after_removal
+    from pipeline.importance.benchmark.run import kept_after_removal
 
     clicked = np.r_[np.ones(10, int), np.zeros(90, int)]
     scores = np.r_[np.arange(10) - 100.0, np.arange(90.0)]  # every click scores below every non-click
@@ -132,8 +132,8 @@ class FakeBench:
     hand-made test slice, with the trained rankers replaced by given predictions per (log, seed)."""
 
     def __init__(self, test, relevance, predictions: dict, metric: str = "ndcg_at_10_true", seeds: int = 4):
-        from pipeline.benchmark import Bench, primary_metric
-        from pipeline.evaluate import Scorer
+        from pipeline.importance.benchmark.run import Bench, primary_metric
+        from pipeline.model.evaluation import Scorer
 
         params = tiny_params()
         self.params = params
@@ -208,7 +208,7 @@ def brute_recovery(weighted, unweighted, clean):
 
 
 def test_recovery_on_the_true_relevance_ndcg_matches_a_brute_force_computation():
-    from pipeline.benchmark import retrain_result
+    from pipeline.importance.benchmark.run import retrain_result
 
     test, relevance, predictions = ranking_case()
     bench = FakeBench(test, relevance, predictions)
@@ -234,7 +234,7 @@ def test_recovery_on_the_true_relevance_ndcg_matches_a_brute_force_computation()
 def test_selection_picks_by_the_ranking_metric_when_it_is_the_primary_one():
     """Two weightings that disagree: one retrains the better ranking score, the other the better click
     model. The selection follows benchmark.metric."""
-    from pipeline.benchmark import noise_costs, retrain_result
+    from pipeline.importance.benchmark.run import noise_costs, retrain_result
 
     test, relevance, predictions = ranking_case()
     picked = {}
@@ -254,7 +254,7 @@ def test_selection_picks_by_the_ranking_metric_when_it_is_the_primary_one():
 
 
 def test_recovery_is_undefined_and_says_why_when_the_noise_costs_nothing_on_the_metric():
-    from pipeline.benchmark import noise_costs, retrain_result
+    from pipeline.importance.benchmark.run import noise_costs, retrain_result
 
     test, relevance, predictions = ranking_case()
     # The "clean" ranker is the poor one: the noise did not cost the unweighted ranker anything.
@@ -276,7 +276,7 @@ def test_recovery_is_undefined_and_says_why_when_the_noise_costs_nothing_on_the_
 def test_recovery_is_undefined_when_the_noise_cost_is_within_its_seed_to_seed_spread():
     """A clean ranker ahead on average, but by less than benchmark.min_cost_se standard errors of the
     per-seed difference: the seeds cannot tell the cost from 0, and a recovery over it is noise over noise."""
-    from pipeline.benchmark import noise_costs, retrain_result
+    from pipeline.importance.benchmark.run import noise_costs, retrain_result
 
     test, relevance, predictions = ranking_case()
     # Clean: ahead on two seeds, behind on the other two, a little ahead on average.
@@ -304,7 +304,7 @@ def test_recovery_is_undefined_when_the_noise_cost_is_within_its_seed_to_seed_sp
 
 
 def test_primary_metric_falls_back_without_truth_and_bad_names_are_refused():
-    from pipeline.benchmark import check_metric, primary_metric
+    from pipeline.importance.benchmark.run import check_metric, primary_metric
 
     cfg = {"metric": "ndcg_at_10_true", "fallback_metric": "auc_click"}
     names = ["auc_click", "logloss_click", "ndcg_at_10"]
@@ -417,7 +417,7 @@ def test_benchmark_runs_on_a_log_without_the_simulators_extras(tiny_log):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.contract import DayPaths, impression_parts
+    from pipeline.data.contract import DayPaths, impression_parts
 
     raw = tiny_log / "plain_raw"
     shutil.copytree(tiny_log / "data/raw", raw, ignore=shutil.ignore_patterns("_truth"))

@@ -6,7 +6,7 @@ import subprocess
 
 import numpy as np
 
-from pipeline import benchmark_report
+from pipeline.importance.benchmark import report as benchmark_report
 
 METRICS = ("auc_click", "logloss_click", "ndcg_at_10")
 

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from conftest import DAY, make_workspace, repro, simulate
-from pipeline import registry
-from pipeline.contract import DayPaths, impression_parts
-from pipeline.repro import EXIT_DATA_REJECTED, REJECTION_PREFIX
+from pipeline.release import champions
+from pipeline.data.contract import DayPaths, impression_parts
+from pipeline.runplan import EXIT_DATA_REJECTED, REJECTION_PREFIX
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +139,7 @@ def pristine(tmp_path_factory):
     for sub in ("encoder", "ranker"):
         (old / sub).mkdir(parents=True)
         (old / sub / "config.json").write_text("{}")
-    registry.promote(workspace / "registry", "2026-10-31", old / "encoder", old / "ranker")
+    champions.promote(workspace / "registry", "2026-10-31", old / "encoder", old / "ranker")
     return workspace
 
 

@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 from pipeline.__main__ import COMMANDS
-from pipeline.repro import SHARD_STAGE, STAGES
+from pipeline.runplan import SHARD_STAGE, STAGES
 
 
 def cli(*args, cwd=None):

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import ROOT
-from pipeline.repro import SHARD_STAGE, STAGES
+from pipeline.runplan import SHARD_STAGE, STAGES
 
 
 @pytest.fixture(scope="module")

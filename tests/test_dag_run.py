@@ -9,8 +9,9 @@ import pytest
 
 from airflow_services import Webhook
 from conftest import DAY, ROOT, make_workspace, simulate
-from pipeline import events, lease, registry, summary
-from pipeline.contract import DayPaths, impression_parts
+from pipeline.ops import events, lease, summary
+from pipeline.release import champions
+from pipeline.data.contract import DayPaths, impression_parts
 
 pytestmark = pytest.mark.slow
 
@@ -50,9 +51,9 @@ def test_good_day_runs_every_stage_and_promotes(dag, monkeypatch, tmp_path):
     assert 0.0 <= metrics["candidate"]["auc_click"] <= 1.0
     decision = json.loads((workspace / "work/gate/decision.json").read_text())
     assert decision["decision"] == "BLESSED" and decision["without_baseline"]
-    champion = registry.current(workspace / "registry")
+    champion = champions.current(workspace / "registry")
     assert champion["day"] == DAY
-    assert (registry.model_dir(workspace / "registry", champion) / "ranker" / "ranker.safetensors").is_file()
+    assert (champions.model_dir(workspace / "registry", champion) / "ranker" / "ranker.safetensors").is_file()
 
 
 def test_a_day_long_before_the_first_scheduled_one_runs_its_tasks(dag, monkeypatch, tmp_path):
@@ -105,7 +106,7 @@ def test_bad_day_stops_at_validation_and_keeps_the_champion(dag, monkeypatch, tm
     encoder.mkdir(parents=True)
     ranker_dir.mkdir(parents=True)
     (encoder / "config.json").write_text("{}")
-    registry.promote(workspace / "registry", "2026-10-31", encoder, ranker_dir)
+    champions.promote(workspace / "registry", "2026-10-31", encoder, ranker_dir)
     pointer = workspace / "registry/champion.json"
     before = pointer.read_bytes()
 

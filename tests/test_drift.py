@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from pipeline import drift
-from pipeline.contract import DayPaths, impression_parts
+from pipeline.data import drift
+from pipeline.data.contract import DayPaths, impression_parts
 
 LAST_DAY = "2026-11-04"
 ROWS = 20000

@@ -6,10 +6,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pipeline.dataset import DayData
-from pipeline.features import DENSE_FEATURES, Features
-from pipeline.importance import confident_learning as cl
-from pipeline.importance import data_oob, training_dynamics
+from pipeline.model.dataset import DayData
+from pipeline.model.features import DENSE_FEATURES, Features
+from pipeline.importance.estimators import confident_learning as cl
+from pipeline.importance.estimators import data_oob, training_dynamics
 from pipeline.importance.registry import Context, get
 
 ROWS, DIM, MAX_POSITION, FLIP_RATE = 600, 4, 5, 0.08

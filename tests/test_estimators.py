@@ -13,7 +13,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from conftest import DAY, tiny_params
-from pipeline.contract import DayPaths
+from pipeline.data.contract import DayPaths
 from pipeline.importance import registry
 from pipeline.importance.weights import to_weights
 
@@ -40,7 +40,7 @@ def noisy_log(tmp_path_factory):
 @pytest.fixture(scope="module")
 def context(noisy_log):
     from pipeline.compute import setup
-    from pipeline.dataset import load_log
+    from pipeline.model.dataset import load_log
 
     params = noisy_params()
     data = load_log(noisy_log / "raw", None, None, params)

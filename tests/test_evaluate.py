@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import metrics as m
-from pipeline import slices
-from pipeline.evaluate import Scorer, check_config, scored_slices, window_days
+from pipeline.model import metrics as m
+from pipeline.model import slices
+from pipeline.model.evaluation import Scorer, check_config, scored_slices, window_days
 
 # Three requests: a (clicks at score ranks 2 and 3), b (click at rank 1), c (no click).
 GROUPS = np.array(["a", "a", "a", "a", "b", "b", "c", "c"])

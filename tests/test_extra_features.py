@@ -9,9 +9,9 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pipeline import ranker
-from pipeline.contract import IMPRESSION_SCHEMA, DayPaths, read_impressions_of_days
-from pipeline.features import DENSE_FEATURES, Features, extra_columns
+from pipeline.model import ranker
+from pipeline.data.contract import IMPRESSION_SCHEMA, DayPaths, read_impressions_of_days
+from pipeline.model.features import DENSE_FEATURES, Features, extra_columns
 
 CFG = {"hidden": 8, "max_position": 5, "dropout": 0.0, "extra": {"features": "auto", "buckets": 64, "dim": 4}}
 TRAIN = {"batch_size": 256, "learning_rate": 0.01, "weight_decay": 0.0}

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pipeline.gate import decide
+from pipeline.release.gate import decide
 
 CHECKS = {
     "auc_click": {"direction": "higher", "min_value": 0.55, "max_regression": 0.005},

@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from conftest import DAY, ROOT
-from pipeline import dataset, embeddings, evaluate, gate, ranker, registry, simulate, train
+from pipeline.model import dataset, embeddings, ranker
+from pipeline.release import champions
+from pipeline.data import simulate
+from pipeline.stages import evaluate, gate, train
 from pipeline.atomic import write_json_atomic
-from pipeline.contract import DayPaths
+from pipeline.data.contract import DayPaths
 from pipeline.params import load_params
 
 ROWS = 20_000
@@ -30,7 +33,7 @@ def default_params() -> dict:
 def day(tmp_path_factory):
     """A default simulated day, its texts embedded by the default encoder (saved beside them, so a
     promoted model carries it), and uniform weights."""
-    from pipeline import encoder as enc
+    from pipeline.model import encoder as enc
 
     root = tmp_path_factory.mktemp("degraded")
     params = default_params()
@@ -117,7 +120,7 @@ def test_a_degraded_candidate_is_not_blessed_and_the_deciding_check_is_named(day
 
 def test_a_trained_candidate_is_blessed_against_a_trivial_champion(day):
     root, params = day
-    entry = registry.promote(root / "registry", DAY, root / "encoder", DEGRADED["two_steps"](day))
+    entry = champions.promote(root / "registry", DAY, root / "encoder", DEGRADED["two_steps"](day))
     write_json_atomic(root / "trivial_champion.json", {"champion": entry})
     params["registry"]["dir"] = str(root / "registry")
     decision = judged(day, trained(day, "good"), "trivial_champion.json")

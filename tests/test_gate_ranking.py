@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import baselines as b
-from pipeline import metrics as m
-from pipeline.evaluate import Scorer, ranking_comparison, rounded
-from pipeline.gate import RANKING_KEYS, decide
+from pipeline.model import baselines as b
+from pipeline.model import metrics as m
+from pipeline.model.evaluation import Scorer, ranking_comparison, rounded
+from pipeline.release.gate import RANKING_KEYS, decide
 
 PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
 GATE = PARAMS["gate"]

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from conftest import DAY, NEXT_DAY, make_workspace, repro, run, simulate, tiny_params
-from pipeline import registry
-from pipeline.contract import DayPaths, impression_parts
+from pipeline.release import champions
+from pipeline.data.contract import DayPaths, impression_parts
 
 pytestmark = pytest.mark.slow
 
@@ -68,10 +68,10 @@ def champion(tmp_path_factory) -> Path:
     workspace = make_workspace(tmp_path_factory.mktemp("gate") / "ws", learnable_params())
     simulate(workspace, DAY)
     repro(workspace, DAY)
-    assert registry.current(workspace / "registry") is not None
+    assert champions.current(workspace / "registry") is not None
     (workspace / "candidates").mkdir()
     # The champion that serves after DAY, as repro would name it for the next day's run.
-    baseline = {"champion": registry.baseline_for(workspace / "registry", NEXT_DAY)}
+    baseline = {"champion": champions.baseline_for(workspace / "registry", NEXT_DAY)}
     (workspace / "candidates/baseline.json").write_text(json.dumps(baseline))
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     (workspace / "candidates/gate.yaml").write_text(yaml.safe_dump({**params, "gate": GATE}))

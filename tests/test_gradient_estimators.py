@@ -11,10 +11,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from pipeline import ranker
-from pipeline.dataset import DayData
-from pipeline.features import DENSE_FEATURES, Features
-from pipeline.importance import el2n, grand, registry, tracin
+from pipeline.model import ranker
+from pipeline.model.dataset import DayData
+from pipeline.model.features import DENSE_FEATURES, Features
+from pipeline.importance.estimators import el2n, grand, tracin
+from pipeline.importance import registry
 from pipeline.importance.registry import Context
 
 NAMES = ("el2n", "grand", "grand_last_layer", "tracin", "tracin_last_layer")

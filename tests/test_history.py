@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import features, history
-from pipeline.embeddings import EmbeddingTable
+from pipeline.model import features, history
+from pipeline.model.embeddings import EmbeddingTable
 
 MAX_POSITION = 5
 FIRST = features.DENSE_FEATURES.index(history.FEATURES[0])

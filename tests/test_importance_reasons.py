@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import DAY, ROOT, tiny_params
-from pipeline.contract import DayPaths, read_impressions
+from pipeline.data.contract import DayPaths, read_impressions
 
 ROWS = 4000
 

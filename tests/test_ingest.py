@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import ingest
-from pipeline.contract import CATALOG_SCHEMA, IMPRESSION_SCHEMA, DayPaths
+from pipeline.data import ingest
+from pipeline.data.contract import CATALOG_SCHEMA, IMPRESSION_SCHEMA, DayPaths
 from pipeline.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]

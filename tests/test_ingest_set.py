@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import ingest
-from pipeline.contract import DayPaths
+from pipeline.data import ingest
+from pipeline.data.contract import DayPaths
 from pipeline.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]

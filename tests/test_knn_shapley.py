@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import tiny_params
-from pipeline.features import Features
-from pipeline.importance import knn_shapley, registry
+from pipeline.model.features import Features
+from pipeline.importance.estimators import knn_shapley
+from pipeline.importance import registry
 from pipeline.importance.sharding import Shard, shard_rows
 from test_behaviour_estimators import synthetic_context
 

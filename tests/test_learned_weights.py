@@ -13,10 +13,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from conftest import tiny_params
-from pipeline import ranker
-from pipeline.dataset import DayData
-from pipeline.features import DENSE_FEATURES, Features, holdout_mask
-from pipeline.importance import learned_weights as lw
+from pipeline.model import ranker
+from pipeline.model.dataset import DayData
+from pipeline.model.features import DENSE_FEATURES, Features, holdout_mask
+from pipeline.importance.estimators import learned_weights as lw
 from pipeline.importance import registry
 from pipeline.importance.registry import Context
 

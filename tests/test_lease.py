@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import DAY, ROOT
-from pipeline import lease
+from pipeline.ops import lease
 
 STALE = 60.0
 

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import features, lexical
-from pipeline.embeddings import EmbeddingTable
+from pipeline.model import features, lexical
+from pipeline.model.embeddings import EmbeddingTable
 
 QUERIES = ["red wool scarf", "rde wool scarf", "nike", "东京 ラーメン", "قميص أزرق", "👟 running shoe", "a"]
 TITLES = ["Northwind Red Wool Scarf, One Size", "Hearth & Loom Cotton Sheet, King", "NIKE Air Zoom 40",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import lineage, registry, restore
+from pipeline.release import lineage, champions, restore
 
 
 def record(day: str, model_id: str, promoted: bool, parent: str | None = None, parent_day: str | None = None) -> dict:
@@ -89,9 +89,9 @@ def workspace_with_registry(tmp_path: Path, store: lineage.RecordStore, events: 
     (ws / "registry").mkdir(parents=True)
     (ws / "params.yaml").write_text(yaml.safe_dump({"registry": {"dir": "registry"},
                                                     "remote": {"name": "r", "url": store.url}}))
-    (ws / "registry" / registry.HISTORY).write_text("".join(json.dumps(e) + "\n" for e in events))
-    live = registry.live_promotions(events)[-1]
-    (ws / "registry" / registry.POINTER).write_text(json.dumps(live))
+    (ws / "registry" / champions.HISTORY).write_text("".join(json.dumps(e) + "\n" for e in events))
+    live = champions.live_promotions(events)[-1]
+    (ws / "registry" / champions.POINTER).write_text(json.dumps(live))
     return ws
 
 

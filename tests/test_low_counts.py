@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from pipeline import drift
-from pipeline.gate import decide
+from pipeline.data import drift
+from pipeline.release.gate import decide
 
 DRIFT = yaml.safe_load((ROOT / "params.yaml").read_text())["validate"]["drift"]
 

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import noise
+from pipeline.importance.benchmark import noise
 
 
 def clean_log(n_sessions=400, per_session=10, seed=0) -> pd.DataFrame:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.importance.noise_mixture import clean_log_probability, fit_mixture, session_affinity
+from pipeline.importance.estimators.noise_mixture import clean_log_probability, fit_mixture, session_affinity
 
 SESSIONS, ROWS_PER_SESSION = 3000, 40
 

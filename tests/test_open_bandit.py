@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, tiny_params
-from pipeline.contract import IMPRESSION_SCHEMA, DayPaths
+from pipeline.data.contract import IMPRESSION_SCHEMA, DayPaths
 
 pytestmark = pytest.mark.slow
 

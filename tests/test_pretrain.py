@@ -14,10 +14,11 @@ import pytest
 import yaml
 
 from conftest import DAY, NEXT_DAY, ROOT, make_workspace, repro, simulate, tiny_params
-from pipeline import corpus as corpus_mod
-from pipeline import pretrain
-from pipeline.params import load_params
-from pipeline.repro import dvc_env
+from pipeline.data import corpus as corpus_mod
+from pipeline.model import refresh
+from pipeline.stages import pretrain
+from pipeline.params import load_params, stage_seed
+from pipeline.ops.repro import dvc_env
 
 
 def unit(*rows):
@@ -30,22 +31,22 @@ def test_recall_at_k_on_a_hand_made_example():
     queries = unit([1, 0], [0, 1], [-1, 0.05])
     # query 0 clicked candidate 1 (second closest); query 1 clicked 2 (closest); query 2 clicked 0 (farthest).
     clicked = np.array([1, 2, 0])
-    assert pretrain.recall_at_k(queries, candidates, clicked, k=1) == pytest.approx(1 / 3)
-    assert pretrain.recall_at_k(queries, candidates, clicked, k=2) == pytest.approx(2 / 3)
-    assert pretrain.recall_at_k(queries, candidates, clicked, k=3) == pytest.approx(2 / 3)
-    assert pretrain.recall_at_k(queries, candidates, clicked, k=4) == 1.0
+    assert refresh.recall_at_k(queries, candidates, clicked, k=1) == pytest.approx(1 / 3)
+    assert refresh.recall_at_k(queries, candidates, clicked, k=2) == pytest.approx(2 / 3)
+    assert refresh.recall_at_k(queries, candidates, clicked, k=3) == pytest.approx(2 / 3)
+    assert refresh.recall_at_k(queries, candidates, clicked, k=4) == 1.0
     # A tie with the clicked title does not push it out of the top k.
-    assert pretrain.recall_at_k(unit([1, 0]), unit([1, 0], [1, 0]), np.array([1]), k=1) == 1.0
+    assert refresh.recall_at_k(unit([1, 0]), unit([1, 0], [1, 0]), np.array([1]), k=1) == 1.0
 
 
 def test_recall_at_k_rejects_bad_input():
     vectors = unit([1, 0], [0, 1])
     with pytest.raises(ValueError, match="outside the candidates"):
-        pretrain.recall_at_k(vectors, vectors, np.array([0, 2]), k=1)
+        refresh.recall_at_k(vectors, vectors, np.array([0, 2]), k=1)
     with pytest.raises(ValueError, match="k must be at least 1"):
-        pretrain.recall_at_k(vectors, vectors, np.array([0, 1]), k=0)
+        refresh.recall_at_k(vectors, vectors, np.array([0, 1]), k=0)
     with pytest.raises(ValueError, match="no query"):
-        pretrain.recall_at_k(vectors[:0], vectors, np.array([], dtype=int), k=1)
+        refresh.recall_at_k(vectors[:0], vectors, np.array([], dtype=int), k=1)
 
 
 def test_corpus_holds_unique_texts_and_distinct_clicked_pairs():
@@ -93,18 +94,18 @@ def cfg(**overrides):
 
 def test_held_out_texts_are_never_in_the_training_sample():
     texts = [f"text {i:04d}" for i in range(1000)]
-    split = pretrain.split_texts(texts, cfg(heldout_fraction=0.1, max_texts=500, max_heldout_texts=40), seed=3)
+    split = refresh.split_texts(texts, cfg(heldout_fraction=0.1, max_texts=500, max_heldout_texts=40), seed=3)
     assert len(split.heldout_all) == 100 and len(split.train) == 500 and len(split.heldout) == 40
     assert not set(split.train) & split.heldout_all
     assert set(split.heldout) <= split.heldout_all
     # Seeded: the same split again; another seed, another split.
-    again = pretrain.split_texts(texts, cfg(heldout_fraction=0.1, max_texts=500, max_heldout_texts=40), seed=3)
+    again = refresh.split_texts(texts, cfg(heldout_fraction=0.1, max_texts=500, max_heldout_texts=40), seed=3)
     assert again == split
-    assert pretrain.split_texts(texts, cfg(heldout_fraction=0.1), seed=4).heldout_all != split.heldout_all
-    none = pretrain.split_texts(texts, cfg(heldout_fraction=0.0, max_texts=5000), seed=3)
+    assert refresh.split_texts(texts, cfg(heldout_fraction=0.1), seed=4).heldout_all != split.heldout_all
+    none = refresh.split_texts(texts, cfg(heldout_fraction=0.0, max_texts=5000), seed=3)
     assert none.heldout == [] and none.train == texts
     with pytest.raises(ValueError, match=r"pretrain.heldout_fraction must be a number in \[0, 1\), got 1.0"):
-        pretrain.split_texts(texts, cfg(heldout_fraction=1.0), seed=3)
+        refresh.split_texts(texts, cfg(heldout_fraction=1.0), seed=3)
 
 
 def small_corpus(pairs=60, other_titles=200):
@@ -122,23 +123,23 @@ def recall_cfg(**overrides):
 
 def test_retrieval_candidates_hold_every_clicked_title_within_the_caps():
     corpus = small_corpus()
-    chosen = pretrain.retrieval_set(corpus, cfg(recall=recall_cfg()), seed=1)
+    chosen = refresh.retrieval_set(corpus, cfg(recall=recall_cfg()), seed=1)
     assert len(chosen.heldout_pairs) == 30 and len(chosen.queries) == 25 and len(chosen.candidates) == 100
     assert set(chosen.candidates) <= set(corpus.titles)
     for query, row in zip(chosen.queries, chosen.clicked):
         assert (query, chosen.candidates[row]) in chosen.heldout_pairs
     with pytest.raises(ValueError, match="max_candidates .20. must be at least pretrain.recall.max_pairs .25."):
-        pretrain.retrieval_set(corpus, cfg(recall=recall_cfg(max_candidates=20)), seed=1)
+        refresh.retrieval_set(corpus, cfg(recall=recall_cfg(max_candidates=20)), seed=1)
     with pytest.raises(ValueError, match="heldout_pairs_fraction must be a number in .0, 1., got 0"):
-        pretrain.retrieval_set(corpus, cfg(recall=recall_cfg(heldout_pairs_fraction=0)), seed=1)
+        refresh.retrieval_set(corpus, cfg(recall=recall_cfg(heldout_pairs_fraction=0)), seed=1)
 
 
 def test_contrastive_pairs_leave_out_held_out_pairs_and_texts():
     corpus = small_corpus()
     settings = cfg(heldout_fraction=0.2, recall=recall_cfg(max_pairs=10))
-    split = pretrain.split_texts(corpus.texts, settings, seed=2)
-    chosen = pretrain.retrieval_set(corpus, settings, seed=2)
-    pairs = pretrain.training_pairs(corpus, split, chosen)
+    split = refresh.split_texts(corpus.texts, settings, seed=2)
+    chosen = refresh.retrieval_set(corpus, settings, seed=2)
+    pairs = refresh.training_pairs(corpus, split, chosen)
     measured = set(zip(chosen.queries, (chosen.candidates[i] for i in chosen.clicked)))
     assert pairs and measured <= chosen.heldout_pairs and not set(pairs) & chosen.heldout_pairs
     assert not {text for pair in pairs for text in pair} & split.heldout_all
@@ -154,7 +155,7 @@ def day_corpus(tmp_path_factory):
 
 
 def test_metrics_record_the_refresh_before_and_after(day_corpus, tmp_path):
-    from pipeline import encoder as enc
+    from pipeline.model import encoder as enc
 
     params = stage_params()
     params["pretrain"]["contrastive"]["enabled"] = False
@@ -172,10 +173,10 @@ def test_metrics_record_the_refresh_before_and_after(day_corpus, tmp_path):
     assert saved["heldout_texts"] > 0 and saved["train_texts"] + saved["heldout_texts"] <= saved["texts"]
     # The "before" numbers are those of the base model: measured again on a fresh one, the same.
     cfg_ = params["pretrain"]
-    seed = pretrain.stage_seed(params, "pretrain")
+    seed = stage_seed(params, "pretrain")
     tokenizer, base = enc.load_base(cfg_["base_model"], cfg_["tiny_bert"], seed)
-    again = pretrain.measure(base, tokenizer, pretrain.split_texts(day_corpus.texts, cfg_, seed),
-                             pretrain.retrieval_set(day_corpus, cfg_, seed), cfg_, seed, "cpu")
+    again = refresh.measure(base, tokenizer, refresh.split_texts(day_corpus.texts, cfg_, seed),
+                             refresh.retrieval_set(day_corpus, cfg_, seed), cfg_, seed, "cpu")
     assert again == {"mlm_loss_heldout": saved["mlm_loss_heldout_before"], "recall": saved["recall_at_10_before"]}
     # And the refresh moved the model: after differs from before on the same masked tokens.
     assert saved["mlm_loss_heldout_after"] != saved["mlm_loss_heldout_before"]
@@ -196,7 +197,7 @@ def test_contrastive_refresh_trains_queries_toward_their_clicked_titles(day_corp
 
 
 def embeddings_of(folder):
-    from pipeline import embeddings
+    from pipeline.model import embeddings
 
     table = embeddings.load(folder)
     return table.texts, table.vectors
@@ -207,7 +208,7 @@ def test_a_refresh_that_lowers_recall_is_not_used(day_corpus, tmp_path):
     encoder, embeds with it, and says so; the output is that of a run whose refresh never happened."""
     params = stage_params()
     # The default sentence encoder (the tiny BERT's random vectors have no recall to lose).
-    from pipeline import encoder as enc
+    from pipeline.model import encoder as enc
 
     params = stage_params()
     cfg_ = params["pretrain"]
@@ -232,7 +233,7 @@ def test_a_refresh_that_lowers_recall_is_not_used(day_corpus, tmp_path):
     (None, None, 0.0, False)])
 def test_refresh_decision(before, after, gain, used):
     settings = cfg(min_recall_gain=gain)
-    assert pretrain.refresh_decision(before, after, settings)[0] is used
+    assert refresh.refresh_decision(before, after, settings)[0] is used
 
 
 def test_contrastive_settings_are_checked(day_corpus, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, make_workspace, repro, run, simulate, tiny_params
-from pipeline import registry
+from pipeline.release import champions
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_each_day_has_a_record_with_its_lineage(published):
     assert first["parent"] is None
     assert second["parent"]["model_id"] == first["candidate"]["model_id"]
     assert third["parent"]["model_id"] == second["candidate"]["model_id"]
-    history = registry.history(published.workspace / "registry")
+    history = champions.history(published.workspace / "registry")
     assert [e["model_id"] for e in history] == [first["candidate"]["model_id"], second["candidate"]["model_id"]]
     for day in DAYS:
         record, lock = records[day], published.locks[day]
@@ -111,7 +111,7 @@ def test_each_day_has_a_record_with_its_lineage(published):
         assert record["params"]["sha256"] == published.params_sha[day]
         assert record["params"]["values"]["gate"]["checks"]["auc_click"]["min_value"] == (0.999 if day == DAYS[-1] else 0.5)
         assert record["code"]["git_commit"] == published.commits[day]
-        assert record["code"]["pipeline_sha256"] and "pipeline/train.py" in record["code"]["deps"]
+        assert record["code"]["pipeline_sha256"] and "pipeline/stages/train.py" in record["code"]["deps"]
         assert record["estimator"] == published.estimators[day]
         assert record["weight_transform"]["transform"]
         # The outputs are the day's dvc.lock's, taken at publish time.
@@ -154,8 +154,8 @@ def restore(remote: Path, day: str, out: Path) -> subprocess.CompletedProcess:
     (DAYS[2], DAYS[1], "parent"),      # rejected: the parent champion, from day 2's record
 ])
 def test_restore_brings_back_the_day_champion_and_reports(published, tmp_path, day, champion_day, source):
-    from pipeline.encoder import load_encoder
-    from pipeline.ranker import load
+    from pipeline.model.encoder import load_encoder
+    from pipeline.model.ranker import load
 
     out = tmp_path / "fresh" / "restored"
     out.parent.mkdir()
@@ -163,7 +163,7 @@ def test_restore_brings_back_the_day_champion_and_reports(published, tmp_path, d
     assert result.returncode == 0, result.stderr
 
     model_id = published.record(champion_day)["candidate"]["model_id"]
-    pointer = registry.current(out)
+    pointer = champions.current(out)
     assert pointer["model_id"] == model_id and pointer["source"] == source
     assert_same_tree(out / pointer["path"], published.champion_dir(model_id))
     load(out / pointer["path"] / "ranker")

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import ranker
-from pipeline.features import DENSE_FEATURES, Features
+from pipeline.model import ranker
+from pipeline.model.features import DENSE_FEATURES, Features
 
 CFG = {"hidden": 8, "max_position": 5, "dropout": 0.0}
 
@@ -97,7 +97,7 @@ def test_weights_of_another_shape_fail_with_a_clear_message(tmp_path):
 
 def test_dataloader_workers_train_exactly_as_in_process():
     """Workers only gather the batches: same batches, same dropout masks, same weights."""
-    from pipeline import training
+    from pipeline.model import training
 
     g = torch.Generator().manual_seed(3)
     n = 1500
@@ -120,7 +120,7 @@ def test_dataloader_workers_train_exactly_as_in_process():
 def test_id_hashes_are_fixed_per_value_and_zero_when_missing():
     import pandas as pd
 
-    from pipeline.features import hash_values
+    from pipeline.model.features import hash_values
 
     first = hash_values(pd.Series(["i001", "i002", None, "i001"]))
     again = hash_values(pd.Series(["i999", "i001", "i002"]))  # other values beside them, another order

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import ndcg_score
 
-from pipeline import baselines as b
-from pipeline import metrics as m
-from pipeline.evaluate import Scorer, check_ranking_config, ranking_comparison
+from pipeline.model import baselines as b
+from pipeline.model import metrics as m
+from pipeline.model.evaluation import Scorer, check_ranking_config, ranking_comparison
 
 CFG = {"ndcg_k": 3, "recall_k": 3, "calibration_bins": 10,
        "baselines": {"popularity_prior": 20},
@@ -206,7 +206,7 @@ def test_ranking_comparison_reports_models_and_baselines_with_paired_intervals()
 
 
 def test_summary_prints_the_ranking_beside_the_baselines():
-    from pipeline.summary import ranking_lines
+    from pipeline.ops.summary import ranking_lines
 
     ranking, boot = comparison(lambda rel, rng: rel + rng.normal(0, 0.05, len(rel)),
                                lambda rel, rng: rel + rng.normal(0, 0.5, len(rel)), n_requests=60)
@@ -223,7 +223,7 @@ def test_summary_prints_the_ranking_beside_the_baselines():
 
 
 def test_text_baselines_score_search_rows_only_from_their_dense_features():
-    from pipeline import evaluate, features
+    from pipeline.model import evaluation as evaluate, features
 
     impressions = pd.DataFrame({"surface": ["search", "search", "recommend"], "position": [1, 2, 1],
                                 "item_id": ["a", "b", "a"], "clicked": [1, 0, 0]})

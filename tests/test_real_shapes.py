@@ -16,8 +16,8 @@ import yaml
 import shapes
 from conftest import DAY, NEXT_DAY, ROOT, make_workspace, repro, simulate, tiny_params
 from pipeline.__main__ import main as cli
-from pipeline.contract import read_impressions
-from pipeline.features import holdout_mask
+from pipeline.data.contract import read_impressions
+from pipeline.model.features import holdout_mask
 
 # A refusal expected of a shape: (stage, exit code, text its first line must hold).
 REFUSED = {"few_requests": ("validate", 1, "validate.min_requests=20")}
@@ -146,9 +146,9 @@ def every_estimator_scores(ws: Path) -> None:
     """Each registered estimator scores every row of the shaped day with a finite score, or refuses with a
     ValueError naming itself and its params key (the importance command prints it as one line, exit 2)."""
     from pipeline.compute import setup
-    from pipeline.dataset import load_log
+    from pipeline.model.dataset import load_log
     from pipeline.importance import registry
-    from pipeline.importance.stage import checked_scores
+    from pipeline.importance.scores import checked_scores
     from pipeline.params import load_params, stage_seed
 
     params = load_params(ws / "params.yaml")

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.importance.noise_mixture import low_weight_reason
+from pipeline.importance.estimators.noise_mixture import low_weight_reason
 from pipeline.importance.reasons import TYPICAL, row_reasons
 from pipeline.importance.registry import Estimator
 from pipeline.importance.weights import DROPPED_BY, explained_transform, transform

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from pipeline import promote, registry
+from pipeline.stages import promote
+from pipeline.release import champions
 
 
 @pytest.fixture
@@ -27,76 +28,76 @@ def params(tmp_path):
 
 
 def test_not_blessed_leaves_the_registry_untouched(tmp_path, candidate):
-    registry.promote(tmp_path / "registry", "2026-10-31", *candidate)
+    champions.promote(tmp_path / "registry", "2026-10-31", *candidate)
     before = (tmp_path / "registry" / "champion.json").read_bytes()
     outcome = promote.run(decision_file(tmp_path, False), "2026-11-01", *candidate, tmp_path / "out", params(tmp_path))
     assert outcome["promoted"] is False
     assert (tmp_path / "registry" / "champion.json").read_bytes() == before
-    assert len(registry.history(tmp_path / "registry")) == 1
+    assert len(champions.history(tmp_path / "registry")) == 1
 
 
 def test_blessed_candidate_becomes_champion(tmp_path, candidate):
     outcome = promote.run(decision_file(tmp_path, True), "2026-11-01", *candidate, tmp_path / "out", params(tmp_path))
-    champion = registry.current(tmp_path / "registry")
+    champion = champions.current(tmp_path / "registry")
     assert outcome["promoted"] and champion["model_id"] == outcome["model_id"]
-    folder = registry.model_dir(tmp_path / "registry", champion)
+    folder = champions.model_dir(tmp_path / "registry", champion)
     assert (folder / "encoder" / "config.json").is_file() and (folder / "ranker" / "ranker.json").is_file()
     assert json.loads((tmp_path / "out" / "promotion.json").read_text())["model_id"] == champion["model_id"]
     assert not list((tmp_path / "registry").glob(".champion.json.*")), "temp file left behind"
 
 
 def test_backfilled_day_does_not_replace_a_newer_champion(tmp_path, candidate):
-    registry.promote(tmp_path / "registry", "2026-11-05", *candidate)
+    champions.promote(tmp_path / "registry", "2026-11-05", *candidate)
     outcome = promote.run(decision_file(tmp_path, True), "2026-11-01", *candidate, tmp_path / "out", params(tmp_path))
     assert not outcome["promoted"] and "later day" in outcome["reason"]
-    assert registry.current(tmp_path / "registry")["day"] == "2026-11-05"
+    assert champions.current(tmp_path / "registry")["day"] == "2026-11-05"
 
 
 def test_baseline_is_the_champion_before_the_day(tmp_path, candidate):
     reg = tmp_path / "registry"
-    assert registry.baseline_for(reg, "2026-11-01") is None
-    first = registry.promote(reg, "2026-11-01", *candidate)
+    assert champions.baseline_for(reg, "2026-11-01") is None
+    first = champions.promote(reg, "2026-11-01", *candidate)
     (candidate[1] / "ranker.json").write_text('{"changed": 1}')
-    second = registry.promote(reg, "2026-11-02", *candidate)
+    second = champions.promote(reg, "2026-11-02", *candidate)
     assert first["model_id"] != second["model_id"]
-    assert registry.baseline_for(reg, "2026-11-01") is None          # a rerun of day 1 sees no champion
-    assert registry.baseline_for(reg, "2026-11-02")["model_id"] == first["model_id"]
-    assert registry.baseline_for(reg, "2026-11-03")["model_id"] == second["model_id"]
-    assert "promoted_at" not in registry.baseline_for(reg, "2026-11-03")  # stable across reruns
+    assert champions.baseline_for(reg, "2026-11-01") is None          # a rerun of day 1 sees no champion
+    assert champions.baseline_for(reg, "2026-11-02")["model_id"] == first["model_id"]
+    assert champions.baseline_for(reg, "2026-11-03")["model_id"] == second["model_id"]
+    assert "promoted_at" not in champions.baseline_for(reg, "2026-11-03")  # stable across reruns
 
 
 def two_days(reg, candidate):
-    first = registry.promote(reg, "2026-11-01", *candidate)
+    first = champions.promote(reg, "2026-11-01", *candidate)
     (candidate[1] / "ranker.json").write_text('{"changed": 1}')
-    second = registry.promote(reg, "2026-11-02", *candidate)
+    second = champions.promote(reg, "2026-11-02", *candidate)
     return first, second
 
 
 def test_after_a_rollback_later_days_compare_with_the_restored_champion(tmp_path, candidate):
     reg = tmp_path / "registry"
     first, second = two_days(reg, candidate)
-    registry.rollback(reg)
+    champions.rollback(reg)
     # Days after the withdrawn model's day are measured against what serves, not against it.
-    assert registry.baseline_for(reg, "2026-11-03")["model_id"] == first["model_id"]
-    assert registry.baseline_for(reg, "2026-11-02")["model_id"] == first["model_id"]  # unchanged
-    assert registry.baseline_for(reg, "2026-11-01") is None
+    assert champions.baseline_for(reg, "2026-11-03")["model_id"] == first["model_id"]
+    assert champions.baseline_for(reg, "2026-11-02")["model_id"] == first["model_id"]  # unchanged
+    assert champions.baseline_for(reg, "2026-11-01") is None
     # Rolled forward again: it is the baseline again.
-    registry.rollback(reg, to=second["model_id"])
-    assert registry.baseline_for(reg, "2026-11-03")["model_id"] == second["model_id"]
+    champions.rollback(reg, to=second["model_id"])
+    assert champions.baseline_for(reg, "2026-11-03")["model_id"] == second["model_id"]
 
 
 def test_a_rerun_does_not_re_promote_a_rolled_back_model(tmp_path, candidate):
     reg = tmp_path / "registry"
     first, second = two_days(reg, candidate)
-    registry.rollback(reg)
+    champions.rollback(reg)
     # The second day rerun rebuilds byte-identical files: the same model id as the withdrawn one.
     outcome = promote.run(decision_file(tmp_path, True), "2026-11-02", *candidate, tmp_path / "out", params(tmp_path))
     assert not outcome["promoted"] and f"model {second['model_id']} was rolled back" in outcome["reason"]
-    assert registry.current(reg)["model_id"] == first["model_id"]
+    assert champions.current(reg)["model_id"] == first["model_id"]
     # A retrained candidate (other files) is promoted as usual.
     (candidate[1] / "ranker.json").write_text('{"changed": 2}')
     outcome = promote.run(decision_file(tmp_path, True), "2026-11-02", *candidate, tmp_path / "out", params(tmp_path))
-    assert outcome["promoted"] and registry.current(reg)["model_id"] == outcome["model_id"]
+    assert outcome["promoted"] and champions.current(reg)["model_id"] == outcome["model_id"]
 
 
 def test_history_written_before_rollbacks_existed_reads_as_promotions(tmp_path, candidate):
@@ -105,6 +106,6 @@ def test_history_written_before_rollbacks_existed_reads_as_promotions(tmp_path, 
     lines = [json.loads(line) for line in (reg / "history.jsonl").read_text().splitlines()]
     (reg / "history.jsonl").write_text("".join(json.dumps({k: v for k, v in line.items() if k != "event"}) + "\n"
                                                for line in lines))
-    assert [p["model_id"] for p in registry.live_promotions(registry.history(reg))] == [first["model_id"],
+    assert [p["model_id"] for p in champions.live_promotions(champions.history(reg))] == [first["model_id"],
                                                                                          second["model_id"]]
-    assert registry.rollback(reg)["model_id"] == first["model_id"]
+    assert champions.rollback(reg)["model_id"] == first["model_id"]

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from conftest import DAY, repro, simulate
-from pipeline.repro import dvc_stage_names
+from pipeline.runplan import dvc_stage_names
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,9 @@ import pyarrow.parquet as pq
 
 from airflow_services import AirflowServices, Webhook
 from conftest import make_workspace, run, simulate, tiny_params
-from pipeline import events, lease, registry
-from pipeline.contract import DayPaths, impression_parts
+from pipeline.ops import events, lease
+from pipeline.release import champions
+from pipeline.data.contract import DayPaths, impression_parts
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +146,7 @@ def test_backfill_runs_each_day_on_its_own_data_in_order(deployment):
         assert summary["success"] and summary["day"] == day
     # Processed in order: the lease went to the days one after another, earliest first.
     assert [r["day"] for r in lease.history(deployment["workspace"])][:3] == BACKFILLED
-    promoted = [p["day"] for p in registry.history(deployment["workspace"] / "registry")]
+    promoted = [p["day"] for p in champions.history(deployment["workspace"] / "registry")]
     assert promoted[0] == DAYS[0]
 
 
@@ -162,7 +163,7 @@ def test_concurrent_runs_take_turns_and_keep_their_own_outputs(deployment):
     # Each run evaluated its own day's candidate: the metrics left are the last good day's.
     metrics = json.loads((deployment["workspace"] / "work/evaluate/metrics.json").read_text())
     assert metrics["day"] == LANDED
-    promoted = registry.history(deployment["workspace"] / "registry")
+    promoted = champions.history(deployment["workspace"] / "registry")
     assert {p["day"] for p in promoted} <= set(DAYS) and promoted[0]["day"] == DAYS[0]
 
 
@@ -176,12 +177,12 @@ def test_killed_train_leaves_nothing_half_written_and_the_retry_matches_an_unint
     assert train["state"] == "success" and train["try_number"] == 2
     assert first["state"] == "success"
     # The retry resumed from the checkpoint and produced exactly the uninterrupted model.
-    ours = [p for p in registry.history(deployment["workspace"] / "registry") if p["day"] == DAYS[0]][0]
-    theirs = registry.current(deployment["reference"] / "registry")
+    ours = [p for p in champions.history(deployment["workspace"] / "registry") if p["day"] == DAYS[0]][0]
+    theirs = champions.current(deployment["reference"] / "registry")
     assert ours["model_id"] == theirs["model_id"]
     for name in ("ranker.safetensors",):
-        mine = registry.model_dir(deployment["workspace"] / "registry", ours) / "ranker" / name
-        assert mine.read_bytes() == (registry.model_dir(deployment["reference"] / "registry", theirs)
+        mine = champions.model_dir(deployment["workspace"] / "registry", ours) / "ranker" / name
+        assert mine.read_bytes() == (champions.model_dir(deployment["reference"] / "registry", theirs)
                                      / "ranker" / name).read_bytes()
     # No temporary folder of the killed write is left beside the outputs.
     assert not list((deployment["workspace"] / "work").glob(".train.*"))

@@ -13,9 +13,10 @@ import torch
 import yaml
 
 from conftest import DAY, NEXT_DAY, tiny_params
-from pipeline import registry, simulate
-from pipeline.contract import read_impressions, read_impressions_of_days
-from pipeline.dataset import read_log
+from pipeline.release import champions
+from pipeline.data import simulate
+from pipeline.data.contract import read_impressions, read_impressions_of_days
+from pipeline.model.dataset import read_log
 
 ROWS_PER_DAY = 1200
 
@@ -23,9 +24,9 @@ ROWS_PER_DAY = 1200
 def make_model(folder, params: dict, data_dir, seed: int):
     """A real tiny encoder (the params' tiny BERT) and a ranker fitted for one epoch on the first day, saved
     as pretrain and train save them."""
-    from pipeline import encoder as enc
-    from pipeline import features, ranker
-    from pipeline.embeddings import EmbeddingTable
+    from pipeline.model import encoder as enc
+    from pipeline.model import features, ranker
+    from pipeline.model.embeddings import EmbeddingTable
 
     cfg = params["pretrain"]
     tokenizer, mlm = enc.load_base(enc.TINY_BERT, cfg["tiny_bert"], seed)
@@ -54,8 +55,8 @@ def scored_workspace(tmp_path_factory):
     simulate.run(DAY, 2, ws / "data/raw", params)
     models = tmp_path_factory.mktemp("models")
     reg = ws / params["registry"]["dir"]
-    first = registry.promote(reg, DAY, *make_model(models / "a", params, ws / "data/raw", 1))
-    second = registry.promote(reg, NEXT_DAY, *make_model(models / "b", params, ws / "data/raw", 2))
+    first = champions.promote(reg, DAY, *make_model(models / "a", params, ws / "data/raw", 1))
+    second = champions.promote(reg, NEXT_DAY, *make_model(models / "b", params, ws / "data/raw", 2))
     return ws, params, first, second
 
 
@@ -67,11 +68,11 @@ def cli(*args):
 def independent_predictions(ws, params, entry, day) -> pd.DataFrame:
     """The registry model's parts used by hand: its encoder embeds the day's texts, the features are built
     from them, and ranker.predict scores the rows (the path evaluate used before model_scoring existed)."""
-    from pipeline import encoder as enc
-    from pipeline import features, ranker
-    from pipeline.embeddings import EmbeddingTable
+    from pipeline.model import encoder as enc
+    from pipeline.model import features, ranker
+    from pipeline.model.embeddings import EmbeddingTable
 
-    folder = registry.model_dir(ws / params["registry"]["dir"], entry)
+    folder = champions.model_dir(ws / params["registry"]["dir"], entry)
     impressions, catalog = read_log(ws / "data/raw", [day], extra_features=True)
     tokenizer, encoder = enc.load_encoder(folder / "encoder")
     texts = sorted(set(features.item_titles(impressions, catalog)) | set(impressions["query"].dropna()))
@@ -129,7 +130,7 @@ def test_scores_every_impression_of_the_day_with_the_champion(scored_workspace, 
 def test_model_scoring_on_reordered_rows_gives_the_same_scores(scored_workspace, champion_export):
     """The export matches model_scoring (what evaluate scores the champion with) row by row, whatever the
     row order, with the history of both days' clicks."""
-    from pipeline.model_scoring import model_predictions
+    from pipeline.model.scoring import model_predictions
 
     ws, params, _, champion = scored_workspace
     out, result = champion_export
@@ -138,7 +139,7 @@ def test_model_scoring_on_reordered_rows_gives_the_same_scores(scored_workspace,
     shuffled = impressions.sample(frac=1.0, random_state=0).reset_index(drop=True)
     logged = read_impressions_of_days(ws / "data/raw", [DAY, NEXT_DAY])
     history = logged[["user_id", "item_id", "ts", "price", "position", "clicked"]]
-    predicted = model_predictions(registry.model_dir(ws / "registry", champion), shuffled, catalog, params, "cpu",
+    predicted = model_predictions(champions.model_dir(ws / "registry", champion), shuffled, catalog, params, "cpu",
                                   history=history)
     expected = pd.DataFrame({"event_id": shuffled["event_id"], "score_expected": predicted["score"]})
     joined = pd.read_parquet(out).merge(expected, on="event_id", validate="one_to_one")
@@ -161,12 +162,12 @@ def test_model_option_scores_with_the_named_registry_model(scored_workspace, tmp
 
 
 def no_champion(ws):
-    (ws / "registry" / registry.POINTER).unlink()
+    (ws / "registry" / champions.POINTER).unlink()
 
 
 def no_encoder(ws):
-    entry = registry.current(ws / "registry")
-    shutil.rmtree(registry.model_dir(ws / "registry", entry) / "encoder")
+    entry = champions.current(ws / "registry")
+    shutil.rmtree(champions.model_dir(ws / "registry", entry) / "encoder")
 
 
 def broken_params(ws):

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import DAY, NEXT_DAY, ROOT, make_workspace, repro, simulate, tiny_params
-from pipeline import selection
+from pipeline.importance import selection
 
 
 def write_selection(workspace, content):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import DAY, make_workspace, repro, run, simulate, tiny_params
-from pipeline import lease
+from pipeline.ops import lease
 
 pytestmark = pytest.mark.slow
 

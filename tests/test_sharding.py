@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from conftest import DAY, tiny_params
-from pipeline.importance import registry, stage
+from pipeline.importance import registry
+from pipeline.stages import importance as stage
 from pipeline.importance.sharding import Shard, parse_shard, shard_of_sessions, shard_rows
 
 

@@ -12,10 +12,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.contract import (CATALOG_SCHEMA, EXTRA_FEATURE_PREFIX, IMPRESSION_SCHEMA, TRUTH_SCHEMA, DayPaths,
+from pipeline.data.contract import (CATALOG_SCHEMA, EXTRA_FEATURE_PREFIX, IMPRESSION_SCHEMA, TRUTH_SCHEMA, DayPaths,
                                read_catalog, read_impressions)
 from pipeline.params import load_params
-from pipeline.simulate import plackett_luce, run
+from pipeline.data.simulate import plackett_luce, run
 
 REPO = Path(__file__).resolve().parents[1]
 DAY1, DAY2 = "2026-11-01", "2026-11-02"

@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from conftest import DAY, repro, run
-from pipeline import embeddings, ranker, registry
-from pipeline.contract import read_catalog, read_impressions
-from pipeline.repro import dvc_stage_names
+from pipeline.model import embeddings, ranker
+from pipeline.release import champions
+from pipeline.data.contract import read_catalog, read_impressions
+from pipeline.runplan import dvc_stage_names
 
 
 def load(path):
@@ -32,7 +33,7 @@ def test_validate_wrote_data_docs_and_passed(completed_run):
 
 
 def test_pretrain_saved_a_loadable_encoder_and_embedded_every_text(completed_run):
-    from pipeline.encoder import load_encoder
+    from pipeline.model.encoder import load_encoder
 
     out = completed_run / "work/pretrain"
     tokenizer, encoder = load_encoder(out / "encoder")
@@ -109,9 +110,9 @@ def test_gate_blessed_the_first_run_and_promote_switched_the_pointer(completed_r
     assert decision["decision"] == "BLESSED" and decision["without_baseline"]
     assert (completed_run / "work/gate/blessing").read_text().strip() == "BLESSED"
     promotion = load(completed_run / "work/promote/promotion.json")
-    champion = registry.current(completed_run / "registry")
+    champion = champions.current(completed_run / "registry")
     assert promotion["promoted"] and champion["model_id"] == promotion["model_id"]
-    assert len(registry.history(completed_run / "registry")) == 1
+    assert len(champions.history(completed_run / "registry")) == 1
 
 
 def test_metrics_and_plots_are_declared_to_dvc(completed_run):
@@ -124,7 +125,7 @@ def test_metrics_and_plots_are_declared_to_dvc(completed_run):
 def test_second_day_compares_against_the_first_days_champion(completed_run):
     from conftest import NEXT_DAY
 
-    first = registry.current(completed_run / "registry")
+    first = champions.current(completed_run / "registry")
     repro(completed_run, NEXT_DAY)
     metrics = load(completed_run / "work/evaluate/metrics.json")
     assert metrics["day"] == NEXT_DAY and metrics["champion_id"] == first["model_id"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import DAY, NEXT_DAY, make_workspace, repro, simulate, tiny_params
-from pipeline import encoder as enc
-from pipeline import ranker, text_tower
-from pipeline.features import DENSE_FEATURES, Features
+from pipeline.model import encoder as enc
+from pipeline.model import ranker, text_tower
+from pipeline.model.features import DENSE_FEATURES, Features
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 TEXTS = ["red running shoe", "trail running shoe", "steel kettle", "cotton shirt blue", "kettle", "shoe"]

@@ -42,8 +42,8 @@ def files(folder):
 
 def heldout_quality(completed_run, model_dir) -> tuple[float, float]:
     """(click AUC, click log loss) on the day's held-out rows, as the evaluate stage and the gate see them."""
-    from pipeline import dataset, ranker
-    from pipeline.metrics import auc, logloss
+    from pipeline.model import dataset, ranker
+    from pipeline.model.metrics import auc, logloss
 
     params = yaml.safe_load((completed_run / "params.yaml").read_text())
     data = dataset.load_day(completed_run / "data/raw", DAY, completed_run / "work/pretrain/embeddings", params)
@@ -120,7 +120,7 @@ def test_two_processes_resume_a_killed_run_to_the_same_weights(completed_run, tm
 FAIL_RANK_1 = textwrap.dedent("""
     import os
     if os.environ.get("RANK") == "1":
-        import pipeline.training as training
+        import pipeline.model.training as training
 
         def fail(*args, **kwargs):
             raise RuntimeError("rank 1 fails on purpose")
@@ -151,7 +151,7 @@ def test_a_failing_rank_fails_the_command_and_leaves_no_output(completed_run, tm
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
 def test_the_knob_takes_a_whole_number_of_at_least_one(value):
-    from pipeline import launch
+    from pipeline.model import launch
 
     with pytest.raises(ValueError, match="compute.train_processes"):
         launch.processes({"compute": {"train_processes": value}})

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import validate
+from pipeline.stages import validate
 from pipeline.__main__ import main as cli_main
-from pipeline.contract import CATALOG_SCHEMA, IMPRESSION_SCHEMA, DayPaths
+from pipeline.data.contract import CATALOG_SCHEMA, IMPRESSION_SCHEMA, DayPaths
 
 DAY = "2026-11-01"
 N_ITEMS = 50

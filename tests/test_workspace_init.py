@@ -19,7 +19,7 @@ def test_a_new_folder_becomes_a_git_and_dvc_workspace(tmp_path):
     result = init(str(ws))
     assert result.returncode == 0, result.stderr
     assert f"workspace ready: {ws}" in result.stdout
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "pipeline/__main__.py", "pipeline/repro.py"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "pipeline/__main__.py", "pipeline/ops/repro.py"):
         assert (ws / name).read_bytes() == (ROOT / name).read_bytes(), name
     assert (ws / "data/raw/impressions").is_dir() and (ws / "data/raw/catalog").is_dir()
     assert not list((ws / "pipeline").rglob("__pycache__"))

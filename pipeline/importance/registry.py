@@ -18,12 +18,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from pipeline.dataset import DayData
+from pipeline.model.dataset import DayData
 
 COST_CLASSES = ("forward-only", "per-sample-gradients", "retraining")
 EVIDENCE_PREFIX = "evidence_"
-# Modules of this package that hold no estimator; every other module is imported to register its own.
-NOT_ESTIMATORS = {"registry", "stage", "weights", "sharding"}
 
 
 @dataclass
@@ -83,10 +81,11 @@ def register(name: str, cost_class: str, shardable: bool = False, low_reason: st
 
 
 def available() -> dict[str, Estimator]:
-    package = importlib.import_module("pipeline.importance")
+    # Every public module of the estimators package registers its own estimator when imported.
+    package = importlib.import_module("pipeline.importance.estimators")
     for module in pkgutil.iter_modules(package.__path__):
-        if module.name not in NOT_ESTIMATORS and not module.name.startswith("_"):
-            importlib.import_module(f"pipeline.importance.{module.name}")
+        if not module.name.startswith("_"):
+            importlib.import_module(f"pipeline.importance.estimators.{module.name}")
     return dict(_REGISTRY)
 
 

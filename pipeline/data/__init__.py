@@ -1,0 +1,1 @@
+"""The logs: the data contract, ingest, simulation, validation and drift."""

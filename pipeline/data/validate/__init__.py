@@ -1,0 +1,1 @@
+"""Checking a day against the data contract: rules, Great Expectations suites, drift window, report."""

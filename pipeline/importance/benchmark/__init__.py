@@ -1,0 +1,1 @@
+"""The estimator benchmark: noise injection, retrains, metrics and its report."""

@@ -1,0 +1,1 @@
+"""The importance estimators, one module each; each registers itself with importance.registry."""

@@ -1,0 +1,1 @@
+"""The text encoder, features and the ranker: what is trained, scored and measured."""

@@ -1,0 +1,408 @@
+"""The ranker's training loop: weighted minibatches with gradient accumulation, bf16 autocast on CUDA,
+DataLoader workers, early stopping on a validation slice, checkpoints that a killed run resumes from to
+the same final weights, and DistributedDataParallel when launched by torchrun.
+
+Under torchrun (WORLD_SIZE set) every rank walks the same shuffled order (same seed on every rank)
+and each step takes a global micro-batch of world size x batch_size rows, of which every rank gets a
+disjoint batch_size share; the loss is scaled so that DDP's gradient average equals the gradient of
+the global batch's weighted mean (the importance weights apply per row). N ranks therefore take N
+times fewer, N times larger steps than one: other weights than one process, the same for a given N.
+Rank 0 alone writes checkpoints (and, in the train stage, outputs); every rank resumes from them.
+Without torchrun the same code runs as a world of one, exactly as before.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.atomic import atomic_dir
+from pipeline.model.features import Features
+
+CHECKPOINT_PREFIX = "step-"
+
+
+@dataclass
+class LoopKnobs:
+    """The knobs of params.yaml's train: section that the loop reads (estimators pass their own)."""
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    accumulation_steps: int = 1
+    max_steps: int | None = None
+    precision: str = "auto"
+    loader_workers: int = 0
+    checkpoint_every_steps: int = 0
+    patience: int = 0
+    min_delta: float = 0.0
+
+    @classmethod
+    def from_params(cls, cfg: dict) -> "LoopKnobs":
+        stopping = cfg.get("early_stopping") or {}
+        knobs = cls(batch_size=int(cfg["batch_size"]), learning_rate=float(cfg["learning_rate"]),
+                    weight_decay=float(cfg["weight_decay"]),
+                    accumulation_steps=int(cfg.get("accumulation_steps", 1)),
+                    max_steps=None if cfg.get("max_steps") is None else int(cfg["max_steps"]),
+                    precision=str(cfg.get("precision", "auto")),
+                    loader_workers=int(cfg.get("loader_workers", 0)),
+                    checkpoint_every_steps=int(cfg.get("checkpoint_every_steps", 0)),
+                    patience=int(stopping.get("patience", 0)), min_delta=float(stopping.get("min_delta", 0.0)))
+        for name in ("batch_size", "accumulation_steps"):
+            if getattr(knobs, name) < 1:
+                raise ValueError(f"train.{name} must be at least 1, got {getattr(knobs, name)}")
+        if knobs.max_steps is not None and knobs.max_steps < 1:
+            raise ValueError(f"train.max_steps must be at least 1 or null, got {knobs.max_steps}")
+        if knobs.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"train.precision must be auto, fp32 or bf16, got {knobs.precision!r}")
+        for name in ("loader_workers", "checkpoint_every_steps", "patience"):
+            if getattr(knobs, name) < 0:
+                raise ValueError(f"train.{name} must not be negative, got {getattr(knobs, name)}")
+        return knobs
+
+    def autocast(self, device: str):
+        """bf16 autocast on CUDA by default (fp32 master weights); plain fp32 on CPU unless asked."""
+        kind = device.split(":")[0]
+        wanted = self.precision == "bf16" or (self.precision == "auto" and kind == "cuda")
+        return torch.autocast(device_type=kind, dtype=torch.bfloat16) if wanted else nullcontext()
+
+
+@dataclass
+class FitResult:
+    history: list[float] = field(default_factory=list)              # weighted training loss per epoch
+    validation_history: list[float] = field(default_factory=list)   # weighted validation loss per epoch
+    steps: int = 0
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    resumed_from_step: int | None = None
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+def start_distributed(device: str) -> tuple[World, str]:
+    """Join torchrun's process group when launched by it; else a world of one. Returns the device to use."""
+    if "WORLD_SIZE" not in os.environ:
+        return World(), device
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device.startswith("cuda"):
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"rank {local_rank} has no GPU: {os.environ['WORLD_SIZE']} processes on a machine "
+                               f"with {torch.cuda.device_count()} (compute.train_processes: at most one per GPU)")
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return World(dist.get_rank(), dist.get_world_size()), device
+
+
+def stop_distributed() -> None:
+    """Leave the process group once every rank got here: a rank that failed before never arrives, and
+    torchrun then stops the others while they wait, so no rank goes on to write outputs."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+class _Gather:
+    """DataLoader collate: the batch's rows with their text vectors gathered (no shared text table in
+    the batch, so pinning and moving it copies only the batch)."""
+
+    def __init__(self, x: Features):
+        self.x = x
+
+    def __call__(self, index: torch.Tensor) -> Features:
+        return self.x.subset(index).gathered()
+
+
+def _batches(order: torch.Tensor, batch_size: int, start: int, world: World) -> list[torch.Tensor]:
+    """The epoch's global micro-batches (world.size x batch_size rows) from `start` on, each cut to this
+    rank's share: disjoint across ranks, together the whole epoch (DistributedSampler without padding,
+    so no row counts twice; the last batch's shares may be short)."""
+    size = batch_size * world.size
+    return [order[i:i + size][world.rank::world.size] for i in range(start * size, len(order), size)]
+
+
+def _loader(x: Features, batches: list[torch.Tensor], knobs: LoopKnobs, device: str):
+    if knobs.loader_workers == 0:
+        return ((index, None) for index in batches)
+    from torch.utils.data import DataLoader
+
+    # Its own generator: the loader seeds its workers from it, and drawing from the global one would
+    # move the dropout masks, so workers or not would train differently.
+    loader = DataLoader(batches, batch_size=None, shuffle=False, num_workers=knobs.loader_workers,
+                        collate_fn=_Gather(x), pin_memory=device.startswith("cuda"),
+                        generator=torch.Generator().manual_seed(0))
+    return zip(batches, loader)
+
+
+def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: dict, seed: int, device: str,
+        epochs: int, *, loss_fn, validation: tuple[Features, np.ndarray | None] | None = None,
+        checkpoint_dir: str | Path | None = None, fingerprint: str = "", progress=None) -> FitResult:
+    """Train `model` in place (it ends in eval mode with the best validation epoch's weights when there
+    is a validation slice). `loss_fn(model, batch)` gives per-row losses."""
+    knobs = LoopKnobs.from_params(cfg)
+    world, device = start_distributed(device)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    on_device = x.to(device) if knobs.loader_workers == 0 else x
+    w = (torch.ones(len(x)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)).to(device)
+    # A model may ask for groups of its own (the ranker's tuned encoder layers take a smaller rate).
+    groups = model.optimizer_groups(knobs.learning_rate) if hasattr(model, "optimizer_groups") else model.parameters()
+    optimizer = torch.optim.AdamW(groups, lr=knobs.learning_rate, weight_decay=knobs.weight_decay)
+    trained = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Every parameter takes part in every step (no find_unused_parameters); the buffers (calibration,
+        # feature scaling) are fixed while training and built alike on every rank: no broadcasts.
+        trained = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None,
+                                          broadcast_buffers=False)
+    # Every rank resumes from the same checkpoint (the ranks must agree on the step); rank 0 writes them.
+    store = Checkpoints(checkpoint_dir, fingerprint) if checkpoint_dir else None
+    state = _LoopState()
+    resumed = store.latest() if store is not None else None
+    if resumed is not None:
+        state = _restore(resumed, model, optimizer, generator, world)
+    result = FitResult(history=state.history, validation_history=state.validation_history,
+                       resumed_from_step=state.step if resumed is not None else None)
+    if progress is not None and state.step:
+        progress.update(min(state.step * knobs.batch_size * knobs.accumulation_steps, len(x) * epochs))
+    while state.epoch < epochs and not result.stopped_early:
+        if state.order is None:
+            state.order = torch.randperm(len(x), generator=generator)
+            state.total = state.seen = 0.0
+        batches = _batches(state.order, knobs.batch_size, state.next_batch, world)
+        group: list = []
+        for index, gathered in _loader(x, batches, knobs, device):
+            group.append((index, gathered))
+            state.next_batch += 1
+            if len(group) < knobs.accumulation_steps and state.next_batch * knobs.batch_size * world.size < len(x):
+                continue
+            _step(trained, on_device, w, group, knobs, device, world, optimizer, loss_fn, state)
+            if progress is not None:
+                progress.update(sum(len(i) for i, _ in group) * world.size)
+            group = []
+            if knobs.max_steps is not None and state.step >= knobs.max_steps:
+                break
+            if store is not None and knobs.checkpoint_every_steps and state.step % knobs.checkpoint_every_steps == 0:
+                store.save(state, model, optimizer, generator, world)
+        state.history.append(_all_ranks_mean(state.total, state.seen, world, device))
+        state.epoch += 1
+        state.order, state.next_batch = None, 0
+        if validation is not None:
+            loss = _leaders(weighted_loss(model, validation[0], validation[1], device, loss_fn), world, device)
+            state.validation_history.append(loss)
+            model.train()
+            if state.best_loss is None or loss < state.best_loss - knobs.min_delta:
+                state.best_loss, state.best_epoch, state.bad_epochs = loss, state.epoch, 0
+                state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                state.bad_epochs += 1
+                result.stopped_early = bool(knobs.patience) and state.bad_epochs >= knobs.patience
+        if knobs.max_steps is not None and state.step >= knobs.max_steps:
+            break
+        if store is not None and knobs.checkpoint_every_steps:
+            store.save(state, model, optimizer, generator, world)  # epoch boundaries too: the validation state
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    result.steps, result.best_epoch = state.step, state.best_epoch
+    model.eval()
+    return result
+
+
+def _all_ranks_mean(total: float, seen: float, world: World, device: str) -> float:
+    """The epoch's weighted loss over every rank's rows (each rank summed only its own)."""
+    if world.size > 1:
+        import torch.distributed as dist
+
+        sums = torch.tensor([total, seen], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        total, seen = (float(v) for v in sums)
+    return total / max(seen, 1e-8)
+
+
+def _leaders(value: float, world: World, device: str) -> float:
+    """Rank 0's value on every rank: early stopping must stop all ranks at the same epoch, even where
+    a GPU's rounding differs between ranks."""
+    if world.size > 1:
+        import torch.distributed as dist
+
+        shared = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.broadcast(shared, src=0)
+        value = float(shared)
+    return value
+
+
+def _rank_states(world: World, state: "_LoopState") -> list[tuple]:
+    """Every rank's (CPU random state, CUDA random state, epoch loss sum, weight sum) for rank 0's
+    checkpoint: each rank draws its own dropout masks and sums its own rows, and a resumed run must go
+    on with exactly those."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    mine = (torch.get_rng_state(), cuda, state.total, state.seen)
+    if world.size == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    states: list = [None] * world.size
+    dist.all_gather_object(states, mine)  # between this run's own ranks, in memory
+    return states
+
+
+@dataclass
+class _LoopState:
+    epoch: int = 0
+    next_batch: int = 0       # micro-batches of this epoch already done
+    step: int = 0             # optimizer steps in all
+    order: torch.Tensor | None = None
+    total: float = 0.0        # this epoch's weighted loss sum and weight sum so far
+    seen: float = 0.0
+    history: list[float] = field(default_factory=list)
+    validation_history: list[float] = field(default_factory=list)
+    best_loss: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    best_state: dict | None = None
+
+
+def _step(trained, data: Features, w: torch.Tensor, group: list, knobs: LoopKnobs, device: str, world: World,
+          optimizer, loss_fn, state: _LoopState) -> None:
+    """One optimizer step over an accumulation group of micro-batches: the gradient of the group's
+    weighted mean loss, however the rows are split into micro-batches and ranks."""
+    all_index = torch.cat([index for index, _ in group])
+    group_w = w[all_index.to(w.device)]
+    local_weight = float(group_w.sum())
+    total_weight = local_weight
+    if world.size > 1:
+        import torch.distributed as dist
+
+        summed = torch.tensor([local_weight], dtype=torch.float64, device=device)
+        dist.all_reduce(summed)
+        total_weight = float(summed)
+    denominator = max(total_weight, 1e-8) / world.size  # DDP averages over ranks: undo it
+    optimizer.zero_grad(set_to_none=True)
+    for k, (index, gathered) in enumerate(group):
+        batch = gathered.to(device, non_blocking=True) if gathered is not None else data.subset(index.to(device))
+        batch_w = w[index.to(w.device)]
+        sync = world.size == 1 or k == len(group) - 1
+        with (nullcontext() if sync else trained.no_sync()), knobs.autocast(device):
+            loss = (loss_fn(trained, batch).float() * batch_w).sum() / denominator
+        loss.backward()
+        state.total += float(loss.detach()) * denominator  # this rank's weighted loss sum
+    optimizer.step()
+    state.seen += local_weight
+    state.step += 1
+
+
+@torch.no_grad()
+def weighted_loss(model, x: Features, weights: np.ndarray | None, device: str, loss_fn,
+                  batch_size: int = 8192) -> float:
+    model.eval()
+    w = torch.ones(len(x)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(x)))
+        total += float((loss_fn(model, x.subset(index).to(device)).float().cpu() * w[index]).sum())
+    return total / max(float(w.sum()), 1e-8)
+
+
+class Checkpoints:
+    """step-<n>/ folders (state.safetensors + state.json), written whole or not at all; the newest one
+    whose fingerprint matches the run is resumed. Nothing is unpickled."""
+
+    def __init__(self, folder: str | Path, fingerprint: str):
+        self.folder, self.fingerprint = Path(folder), fingerprint
+
+    def save(self, state: _LoopState, model, optimizer, generator: torch.Generator, world: World = World()) -> None:
+        """Called on every rank at the same step (the random states are gathered); rank 0 writes."""
+        ranks = _rank_states(world, state)
+        if not world.leader:
+            return
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        if state.best_state is not None:
+            tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in state.best_state.items()})
+        optim = optimizer.state_dict()
+        for slot, values in optim["state"].items():
+            for name, value in values.items():
+                tensors[f"optim.{slot}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        for rank, (cpu, cuda, _, _) in enumerate(ranks):
+            suffix = f".{rank}" if rank else ""  # rank 0's under the names one process always used
+            tensors[f"rng.torch{suffix}"] = cpu
+            if cuda is not None:
+                tensors[f"rng.cuda{suffix}"] = cuda
+        tensors["rng.order"] = generator.get_state()
+        if state.order is not None:
+            tensors["order"] = state.order
+        meta = {"fingerprint": self.fingerprint, "epoch": state.epoch, "next_batch": state.next_batch,
+                "step": state.step, "total": state.total, "seen": state.seen, "history": state.history,
+                "validation_history": state.validation_history, "best_loss": state.best_loss,
+                "best_epoch": state.best_epoch, "bad_epochs": state.bad_epochs,
+                "param_groups": optim["param_groups"]}
+        if world.size > 1:
+            meta["ranks"] = [{"total": total, "seen": seen} for _, _, total, seen in ranks]
+        with atomic_dir(self.folder / f"{CHECKPOINT_PREFIX}{state.step:09d}") as tmp:
+            save_file(tensors, str(tmp / "state.safetensors"))
+            (tmp / "state.json").write_text(json.dumps(meta))
+        for old in self._all()[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _all(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+
+    def latest(self) -> tuple[dict, dict] | None:
+        for path in reversed(self._all()):
+            meta = json.loads((path / "state.json").read_text())
+            if meta.get("fingerprint") != self.fingerprint:
+                print(f"training: {path} is from another run (other data or params): starting over")
+                return None
+            return meta, load_file(str(path / "state.safetensors"))
+        return None
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _restore(saved: tuple[dict, dict], model, optimizer, generator: torch.Generator,
+             world: World = World()) -> _LoopState:
+    meta, tensors = saved
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    slots: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, slot, name = key.split(".", 2)
+            slots.setdefault(int(slot), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
+    suffix = f".{world.rank}" if world.rank else ""
+    torch.set_rng_state(tensors[f"rng.torch{suffix}"])
+    if f"rng.cuda{suffix}" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"])
+    generator.set_state(tensors["rng.order"])
+    if world.leader:
+        print(f"training: resumed from step {meta['step']} (epoch {meta['epoch'] + 1}, batch {meta['next_batch']})")
+    sums = meta["ranks"][world.rank] if "ranks" in meta else meta
+    return _LoopState(epoch=meta["epoch"], next_batch=meta["next_batch"], step=meta["step"],
+                      order=tensors.get("order"), total=sums["total"], seen=sums["seen"],
+                      history=list(meta["history"]), validation_history=list(meta["validation_history"]),
+                      best_loss=meta["best_loss"], best_epoch=meta["best_epoch"], bad_epochs=meta["bad_epochs"],
+                      best_state=best or None)

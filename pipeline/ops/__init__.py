@@ -1,0 +1,1 @@
+"""Running the retrain: repro, the weekly selection, leases, events, workspaces, summaries."""

@@ -1,0 +1,180 @@
+"""Run the retrain's DVC stages for one day: the command every Airflow task calls.
+
+Before `dvc repro` it writes the run's context into the workspace:
+  run/context.yaml   the day and the importance shards, which dvc.yaml interpolates into paths and commands
+  run/window.json    the earlier days (and their content hashes) that drift is measured against
+  run/baseline.json  the champion that served before that day (what evaluate and gate compare with)
+  run/estimator.json, run/weight_transform.json  the importance estimator and weight transform
+                     (the benchmark's selection or params: pipeline/importance/selection.py)
+Each is rewritten only when their content changes, so an unchanged rerun is a DVC cache hit.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.atomic import dumps_json, read_json, write_bytes_atomic
+from pipeline.days import parse_day
+from pipeline.importance import selection
+from pipeline.ops import lease
+from pipeline.params import load_params
+from pipeline.release import champions
+from pipeline.runplan import (
+    EXIT_DATA_REJECTED,
+    EXIT_LEASE_HELD,
+    REJECTION_PREFIX,
+    SHARD_STAGE,
+    SHARD_TARGET,
+    SHARDS_DIR,
+    STAGES,
+    context_yaml,
+    missing_inputs,
+    shard_count,
+    shard_dir,
+    validate_dir,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", default=".", help="the DVC repository to run in")
+    parser.add_argument("--day", required=True, help="YYYY-MM-DD: the run's data interval")
+    parser.add_argument("stages", nargs="*", metavar="stage",
+                        help=f"stages to run, in order (default: all of {', '.join(STAGES)}); "
+                             f"{SHARD_STAGE}@K runs shard K only")
+    parser.add_argument("--holder", default=None,
+                        help="the run that holds the workspace's lease (the DAG passes its run id); "
+                             "without it the command takes the lease itself for its own duration")
+
+
+def prune_stale_shards(workspace: Path, count: int) -> None:
+    """Shard folders of another shard count (DVC keeps them in its cache) would sit in the combine
+    stage's input folder: remove them so it holds this plan's shards only."""
+    keep = {shard_dir(k, count).name for k in range(count)}
+    folder = workspace / SHARDS_DIR
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if path.is_dir() and path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def write_if_changed(path: Path, content: str) -> None:
+    if not path.is_file() or path.read_text(encoding="utf-8") != content:
+        write_bytes_atomic(path, content.encode("utf-8"))
+
+
+def prepare(workspace: Path, day: str, params: dict) -> None:
+    from pipeline.data import drift  # pandas: not at import time, the DAG file imports this module
+
+    count = shard_count(params)
+    write_if_changed(workspace / "run" / "context.yaml", context_yaml(day, count))
+    prune_stale_shards(workspace, count)
+    window = int((params["validate"].get("drift") or {}).get("window_days", 0))
+    write_if_changed(workspace / "run" / "window.json",
+                     dumps_json(drift.window_manifest(workspace / "data" / "raw", day, window)))
+    registry_dir = workspace / params["registry"]["dir"]
+    write_if_changed(workspace / "run" / "baseline.json",
+                     dumps_json({"champion": champions.baseline_for(registry_dir, day)}))
+    for path, content in selection.run_files(selection.resolve(workspace, params)).items():
+        write_if_changed(workspace / path, dumps_json(content))
+
+
+def rejection_message(workspace: Path, day: str) -> str | None:
+    """The validate stage's own verdict when it rejected the day, else None (a crash, say)."""
+    summary = validate_dir(workspace, day) / "summary.json"
+    if summary.is_file():
+        verdict = read_json(summary)
+        if not verdict.get("success", True):
+            reasons = verdict.get("failures") or [verdict.get("error") or "the day broke the data contract"]
+            return "; ".join(reasons)
+    return None
+
+
+def dvc_env() -> dict:
+    env = dict(os.environ)
+    # Stage commands say `python`: make it this interpreter, whatever PATH the caller had.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("GX_ANALYTICS_ENABLED", "false")
+    return env
+
+
+def run_stage(workspace: Path, stage: str, day: str) -> int:
+    if stage == "validate" and (missing := missing_inputs(workspace, day)):
+        # Not a rejection: the day may still land, so the caller may retry.
+        print(f"repro: no data for {day} yet: {', '.join(missing)} missing", file=sys.stderr)
+        return 1
+    if stage == "validate":
+        # A stale verdict must not be mistaken for today's.
+        (validate_dir(workspace, day) / "summary.json").unlink(missing_ok=True)
+    # --wait-for-lock: the shard stages of one run go side by side and take turns at DVC's lock.
+    result = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
+                            cwd=workspace, env=dvc_env())
+    if result.returncode == 0:
+        return 0
+    if stage == "validate" and (message := rejection_message(workspace, day)) is not None:
+        print(f"{REJECTION_PREFIX} {message}", file=sys.stderr)
+        return EXIT_DATA_REJECTED
+    print(f"repro: stage {stage} failed (dvc exit {result.returncode})", file=sys.stderr)
+    return 1
+
+
+def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = STAGES,
+        holder: str | None = None) -> int:
+    workspace = Path(workspace).resolve()
+    if not (workspace / ".dvc").is_dir() or not (workspace / "dvc.yaml").is_file():
+        print(f"repro: {workspace} is not a DVC repository with a dvc.yaml", file=sys.stderr)
+        return 2
+    unknown = [stage for stage in stages if stage not in STAGES and not SHARD_TARGET.match(stage)]
+    if unknown:
+        print(f"repro: unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)} "
+              f"({SHARD_STAGE}@K for one shard)", file=sys.stderr)
+        return 2
+    try:
+        day = parse_day(day)
+        params = load_params(workspace / "params.yaml")
+        count = shard_count(params)
+        beyond = [s for s in stages if (m := SHARD_TARGET.match(s)) and int(m.group(1)) >= count]
+        if beyond:
+            raise ValueError(f"{', '.join(beyond)}: importance.shards is {count}, so the shards are "
+                             f"{SHARD_STAGE}@0 to {SHARD_STAGE}@{count - 1}")
+    except ValueError as exc:
+        print(f"repro: {exc}", file=sys.stderr)
+        return 2
+    if holder is not None:
+        try:
+            held = lease.check(workspace, holder)
+        except lease.LeaseHeld as exc:
+            print(f"repro: {holder!r} does not hold the workspace: {exc}", file=sys.stderr)
+            return EXIT_LEASE_HELD
+        if not held.get("prepared"):
+            prepare(workspace, day, params)
+            lease.mark_prepared(workspace, holder)
+        return run_stages(workspace, day, stages)
+    # By hand: hold the lease for this command only, and refuse to run inside another run.
+    holder = lease.command_holder()
+    waits = lease.acquire(workspace, holder, day, stale_after=lease.stale_after(params), queue=False)
+    if waits is not None:
+        print(f"repro: the workspace is busy: {waits}; try again when that run has ended "
+              f"(`python -m pipeline lease --workspace {workspace}` shows the lease)", file=sys.stderr)
+        return EXIT_LEASE_HELD
+    try:
+        prepare(workspace, day, params)
+        return run_stages(workspace, day, stages)
+    finally:
+        lease.release(workspace, holder)
+
+
+def run_stages(workspace: Path, day: str, stages) -> int:
+    for stage in stages or STAGES:
+        code = run_stage(workspace, stage, day)
+        if code:
+            return code
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return run(args.workspace, args.day, args.stages, args.holder)

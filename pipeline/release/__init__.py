@@ -1,0 +1,1 @@
+"""After the gate: champion registry, promote, rollback, publish, restore and lineage."""

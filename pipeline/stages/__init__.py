@@ -1,0 +1,1 @@
+"""One module per dvc.yaml stage: argument parsing and run(). No module imports these."""

@@ -1,0 +1,175 @@
+"""train stage: fit the ranker on the day's training slice with the importance weights.
+
+The training slice's last requests are held back in two parts: the very last calibrate the click
+probabilities after weighted training, the ones before them stop training early. With --checkpoints
+a run leaves resumable checkpoints there, and a killed run started again resumes from the newest
+one whose inputs match, ending with the same weights. With compute.train_processes N > 1 the command
+relaunches itself under torchrun (pipeline/model/launch.py): N ranks train with DistributedDataParallel and
+rank 0 alone writes the outputs, once every rank has finished training.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_dir, write_json_atomic
+from pipeline.model import launch
+from pipeline.params import load_params, stage_seed
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="raw data folder (DATA_CONTRACT.md layout)")
+    parser.add_argument("--day", required=True, help="YYYY-MM-DD")
+    parser.add_argument("--embeddings", required=True, help="embeddings folder written by pretrain")
+    parser.add_argument("--weights", required=True, help="scores.parquet written by importance")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", required=True, help="output folder: model/, metrics.json, loss.csv")
+    parser.add_argument("--encoder", default=None,
+                        help="encoder folder written by pretrain; needed when ranker.encoder.tune_top_layers > 0")
+    parser.add_argument("--checkpoints", default=None,
+                        help="folder for resumable checkpoints (kept until the run succeeds; default: none)")
+
+
+def aligned_weights(event_ids: pd.Series, weights_file: str | Path):
+    table = pd.read_parquet(weights_file, columns=["event_id", "weight"])
+    weights = event_ids.to_frame().merge(table, on="event_id", how="left", validate="one_to_one")["weight"]
+    if weights.isna().any():
+        raise ValueError(f"{weights_file}: no weight for {int(weights.isna().sum())} training events, "
+                         f"e.g. {event_ids[weights.isna().to_numpy()].iloc[0]}")
+    return weights.to_numpy()
+
+
+def _round(value):
+    return None if value is None else round(value, 6)
+
+
+def fingerprint(day: str, params: dict, x, weights, world_size: int = 1) -> str:
+    """What a checkpoint must match to be resumed: the knobs, the day, the training rows themselves and
+    the number of ranks (a step's batch and a checkpoint's place in the epoch depend on it)."""
+    parts = [day, params["seed"], params["ranker"], params["train"], x.numeric_names, x.categorical_names]
+    if world_size > 1:  # one rank keeps the fingerprint it always had: its checkpoints stay resumable
+        parts.append({"world_size": world_size})
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for tensor in (x.dense, x.ids, x.numeric, x.categorical, x.position, x.click, x.purchase, *x.text_indices):
+        digest.update(tensor.numpy().tobytes())
+    digest.update(weights.astype("float32").tobytes())
+    return digest.hexdigest()
+
+
+def split_training_slice(in_train, cfg: dict):
+    """Masks over the training slice: (fit, validation, calibration), by time, latest last."""
+    from pipeline.model.features import holdout_mask
+
+    calibration = holdout_mask(in_train, cfg["calibration_fraction"])
+    validation = np.zeros(len(in_train), dtype=bool)
+    if cfg.get("validation_fraction", 0):
+        rest = np.flatnonzero(~calibration)
+        validation[rest[holdout_mask(in_train.iloc[rest], cfg["validation_fraction"])]] = True
+    return ~(calibration | validation), validation, calibration
+
+
+def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict, checkpoints=None,
+        encoder_dir=None) -> dict:
+    from pipeline.compute import setup
+    from pipeline.model import embeddings, ranker, text_tower, training
+    from pipeline.model.dataset import load_day
+    from pipeline.model.metrics import ece
+
+    cfg = params["train"]
+    seed = stage_seed(params, "train")
+    if launch.launched():
+        launch.exit_on_sigterm()
+    device = setup(params, seed)
+    data = load_day(data_dir, day, embeddings_dir, params)
+    in_train = data.impressions.iloc[data.train_index].reset_index(drop=True)
+    fit_mask, validation_mask, calibration_mask = split_training_slice(in_train, cfg)
+    rows = data.train_index[fit_mask]
+    validation_rows, calibration_rows = data.train_index[validation_mask], data.train_index[calibration_mask]
+    all_weights = aligned_weights(data.impressions["event_id"].iloc[data.train_index].reset_index(drop=True),
+                                  weights_file)
+    weights = all_weights[fit_mask]
+    tower = None
+    layers = text_tower.tuned_layers(params)
+    if layers:
+        if cfg.get("loader_workers", 0):
+            raise ValueError("ranker.encoder.tune_top_layers needs train.loader_workers 0 (the tuned layers "
+                             "read the rows' text indices, which worker batches replace by vectors)")
+        if encoder_dir is None:
+            raise ValueError("ranker.encoder.tune_top_layers > 0: pass --encoder (the pretrain stage's encoder)")
+        # Each unique text through the frozen bottom layers once; the rows share the cache.
+        encoder, data.x.states = text_tower.states_for(encoder_dir, embeddings.load(embeddings_dir).texts,
+                                                       layers, params, device)
+        tower = text_tower.TextTower.from_encoder(encoder, layers)
+    train_x = data.x.subset(rows)  # after the tower's states are attached: the subset carries them
+    model = ranker.new_model(data.x.text_dim, params["ranker"], seed, train_x, tower=tower, weights=weights)
+    validation = (data.x.subset(validation_rows), all_weights[validation_mask]) if len(validation_rows) else None
+    leader = int(os.environ.get("RANK", 0)) == 0
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    started = time.perf_counter()
+    with tqdm(total=len(rows) * cfg["epochs"], desc="train", unit="row", unit_scale=True, disable=not leader) as bar:
+        result = training.fit(model, train_x, weights, cfg, seed, device, cfg["epochs"],
+                              loss_fn=ranker.per_sample_loss, validation=validation, checkpoint_dir=checkpoints,
+                              fingerprint=fingerprint(day, params, train_x, weights, world), progress=bar)
+    # Waits for every rank: a rank that failed in training stops the command before anything is written.
+    training.stop_distributed()
+    if not leader:
+        return {}
+    history = result.history
+    calibration_x = data.x.subset(calibration_rows)
+    ece_before = ece(calibration_x.click.numpy(), ranker.predict(model, calibration_x, device, True)["p_click"],
+                     params["evaluate"]["calibration_bins"])
+    a, b = ranker.calibrate(model, calibration_x, device)
+    ece_after = ece(calibration_x.click.numpy(), ranker.predict(model, calibration_x, device, True)["p_click"],
+                    params["evaluate"]["calibration_bins"])
+    seconds = time.perf_counter() - started
+    metrics = {"device": device, "world_size": world, "epochs": len(history), "steps": result.steps,
+               "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+               "resumed_from_step": result.resumed_from_step, "train_rows": int(len(rows)),
+               "validation_rows": int(len(validation_rows)), "calibration_rows": int(len(calibration_rows)),
+               "final_weighted_loss": round(history[-1], 6),
+               "validation_loss": [round(v, 6) for v in result.validation_history],
+               "calibration": {"scale": round(a, 6), "shift": round(b, 6),
+                               "ece_before": _round(ece_before), "ece_after": _round(ece_after)}}
+    losses = pd.DataFrame({"epoch": range(1, len(history) + 1), "weighted_loss": history})
+    if result.validation_history:
+        losses["validation_loss"] = result.validation_history
+    with atomic_dir(out_dir) as tmp:
+        ranker.save(model, tmp / "model")
+        losses.to_csv(tmp / "loss.csv", index=False, float_format="%.6f")
+        write_json_atomic(tmp / "metrics.json", metrics)
+    if checkpoints:
+        training.Checkpoints(checkpoints, "").clear()  # the run is done: nothing left to resume
+    print(f"train: {day} {len(rows)} rows x {len(history)} epochs ({result.steps} steps) on {device} in "
+          f"{seconds:.1f}s, weighted loss {history[0]:.4f} -> {history[-1]:.4f}"
+          + (f", best validation epoch {result.best_epoch}" if result.best_epoch else "")
+          + (" (stopped early)" if result.stopped_early else "")
+          + f"; calibrated on {len(calibration_rows)} rows, "
+          f"ECE {metrics['calibration']['ece_before']} -> {metrics['calibration']['ece_after']}")
+    return metrics
+
+
+def command_line(args: argparse.Namespace) -> list[str]:
+    """This command's arguments again, for the ranks torchrun starts."""
+    argv = ["train", "--data", args.data, "--day", args.day, "--embeddings", args.embeddings,
+            "--weights", args.weights, "--params", args.params, "--out", args.out]
+    for flag, value in (("--encoder", args.encoder), ("--checkpoints", args.checkpoints)):
+        if value is not None:
+            argv += [flag, value]
+    return argv
+
+
+def main(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    processes = launch.processes(params)
+    if processes > 1 and not launch.launched():
+        launch.exec_torchrun(processes, command_line(args))  # does not return
+    run(args.data, args.day, args.embeddings, args.weights, args.out, params, args.checkpoints, args.encoder)
+    return 0
