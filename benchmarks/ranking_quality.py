@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.model import baselines, dataset, embeddings, features, metrics  # noqa: E402
-from pipeline.data import corpus, simulate  # noqa: E402
+from pipeline.data import corpus  # noqa: E402
+from pipeline.data.simulate import command as simulate  # noqa: E402
 from pipeline.stages import pretrain, train  # noqa: E402
 from pipeline.model.scoring import model_predictions  # noqa: E402
 from pipeline.params import load_params  # noqa: E402

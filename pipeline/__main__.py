@@ -8,8 +8,8 @@ import sys
 # command -> module holding `add_arguments(parser)` and `main(args) -> int`
 COMMANDS = {
     "init": ("pipeline.ops.workspace", "make a workspace (git + DVC, params, dvc.yaml) for your own data"),
-    "simulate": ("pipeline.data.simulate", "write simulated logs in the data contract's layout"),
-    "ingest": ("pipeline.data.ingest", "bring your own logs (Parquet or CSV) into the data contract's layout"),
+    "simulate": ("pipeline.data.simulate.command", "write simulated logs in the data contract's layout"),
+    "ingest": ("pipeline.data.ingest.command", "bring your own logs (Parquet or CSV) into the data contract's layout"),
     "validate": ("pipeline.stages.validate", "check one day against the data contract (Great Expectations)"),
     "corpus": ("pipeline.stages.corpus", "collect the day's texts and (query, clicked title) pairs for pretrain"),
     "pretrain": ("pipeline.stages.pretrain", "refresh the text encoder on the day's texts and embed them"),

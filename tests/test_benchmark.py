@@ -132,7 +132,7 @@ class FakeBench:
     hand-made test slice, with the trained rankers replaced by given predictions per (log, seed)."""
 
     def __init__(self, test, relevance, predictions: dict, metric: str = "ndcg_at_10_true", seeds: int = 4):
-        from pipeline.importance.benchmark.run import Bench, primary_metric
+        from pipeline.importance.benchmark.bench import Bench, primary_metric
         from pipeline.model.evaluation import Scorer
 
         params = tiny_params()
@@ -304,7 +304,8 @@ def test_recovery_is_undefined_when_the_noise_cost_is_within_its_seed_to_seed_sp
 
 
 def test_primary_metric_falls_back_without_truth_and_bad_names_are_refused():
-    from pipeline.importance.benchmark.run import check_metric, primary_metric
+    from pipeline.importance.benchmark.bench import primary_metric
+    from pipeline.importance.benchmark.run import check_metric
 
     cfg = {"metric": "ndcg_at_10_true", "fallback_metric": "auc_click"}
     names = ["auc_click", "logloss_click", "ndcg_at_10"]

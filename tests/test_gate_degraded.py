@@ -13,7 +13,7 @@ import torch
 from conftest import DAY, ROOT
 from pipeline.model import dataset, embeddings, ranker
 from pipeline.release import champions
-from pipeline.data import simulate
+from pipeline.data.simulate import command as simulate
 from pipeline.stages import evaluate, gate, train
 from pipeline.atomic import write_json_atomic
 from pipeline.data.contract import DayPaths

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.data import ingest
 from pipeline.data.contract import CATALOG_SCHEMA, IMPRESSION_SCHEMA, DayPaths
+from pipeline.data.ingest import command
+from pipeline.data.ingest.columns import IMPRESSIONS
 from pipeline.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,8 +96,8 @@ def assert_contract_types(table: pa.Table) -> None:
 
 def test_parquet_glob_round_trips_every_day(sim, tmp_path):
     out = tmp_path / "out"
-    summary = ingest.run(str(sim / "impressions" / "dt=*" / "part-*.parquet"),
-                         str(DayPaths(sim, DAY1).catalog_file), out, params())
+    summary = command.run(str(sim / "impressions" / "dt=*" / "part-*.parquet"),
+                          str(DayPaths(sim, DAY1).catalog_file), out, params())
     assert summary["days"] == [DAY1, DAY2] and len(summary["files"]) == 2
     for day in (DAY1, DAY2):
         assert day_table(out, day).equals(sim_table(sim, day))
@@ -111,8 +112,8 @@ def test_csv_with_mapping_round_trips_and_splits_days(sim, tmp_path):
     catalog = their_catalog(sim, tmp_path / "items.csv")
     lines: list[str] = []
     out = tmp_path / "out"
-    summary = ingest.run([str(source)], str(catalog), out, params(), write_mapping(tmp_path / "m.yaml"),
-                         log=lines.append)
+    summary = command.run([str(source)], str(catalog), out, params(), write_mapping(tmp_path / "m.yaml"),
+                          log=lines.append)
     assert summary["days"] == [DAY1, DAY2]
     assert summary["rows_quarantined"] == 0
     assert summary["features"] == {"f_device": "string", "f_user_tenure_days": "int64"}
@@ -134,7 +135,7 @@ def test_ts_format_and_timezone(sim, tmp_path):
     source = write_csv(frame, tmp_path / "local.csv")
     mapping = write_mapping(tmp_path / "m.yaml", ts_format="%d/%m/%Y %H:%M:%S.%f", ts_timezone="Europe/Berlin")
     out = tmp_path / "out"
-    summary = ingest.run([str(source)], str(their_catalog(sim, tmp_path / "c.csv")), out, params(), mapping)
+    summary = command.run([str(source)], str(their_catalog(sim, tmp_path / "c.csv")), out, params(), mapping)
     assert summary["days"] == [DAY1]
     want = sim_table(sim, DAY1)
     keep = np.ones(want.num_rows, dtype=bool)
@@ -151,8 +152,8 @@ def test_ts_epoch_milliseconds(sim, tmp_path):
     source = tmp_path / "epoch.parquet"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), source)
     out = tmp_path / "out"
-    ingest.run([str(source)], str(their_catalog(sim, tmp_path / "c.csv")), out, params(),
-               write_mapping(tmp_path / "m.yaml", ts_unit="ms"))
+    command.run([str(source)], str(their_catalog(sim, tmp_path / "c.csv")), out, params(),
+                write_mapping(tmp_path / "m.yaml", ts_unit="ms"))
     got = day_table(out, DAY1).column("ts").to_pandas()
     want = sim_table(sim, DAY1).column("ts").to_pandas().dt.floor("ms")
     pd.testing.assert_series_equal(got, want, check_names=False)
@@ -201,7 +202,7 @@ def test_truncated_parquet_and_non_utf8_csv_exit_2_leaving_output_alone(sim, tmp
     out = tmp_path / "out"
     catalog = str(DayPaths(sim, DAY1).catalog_file)
     good = str(DayPaths(sim, DAY1).impressions_dir / "part-00000.parquet")
-    ingest.run([good], catalog, out, params())
+    command.run([good], catalog, out, params())
     before = files_under(out)
 
     truncated = tmp_path / "truncated.parquet"
@@ -229,10 +230,10 @@ def test_rerun_gives_byte_identical_files(sim, tmp_path):
     catalog = their_catalog(sim, tmp_path / "c.csv")
     mapping = write_mapping(tmp_path / "m.yaml")
     first, second = tmp_path / "a", tmp_path / "b"
-    ingest.run([str(source)], str(catalog), first, params(chunk_rows=700), mapping)
+    command.run([str(source)], str(catalog), first, params(chunk_rows=700), mapping)
     snapshot = files_under(first)
-    ingest.run([str(source)], str(catalog), first, params(chunk_rows=700), mapping)
-    ingest.run([str(source)], str(catalog), second, params(chunk_rows=700), mapping)
+    command.run([str(source)], str(catalog), first, params(chunk_rows=700), mapping)
+    command.run([str(source)], str(catalog), second, params(chunk_rows=700), mapping)
     assert files_under(first) == snapshot == files_under(second)
     assert "_quarantine/ingest/export.csv.parquet" in snapshot
     assert sum(name.startswith("impressions/dt=") for name in snapshot) > 2  # several parts per day
@@ -245,7 +246,7 @@ def test_reingesting_a_day_replaces_it_whole(sim, tmp_path):
     catalog = their_catalog(sim, tmp_path / "c.csv")
     mapping = write_mapping(tmp_path / "m.yaml")
     out = tmp_path / "out"
-    summary = ingest.run([str(source)], str(catalog), out, params(chunk_rows=500), mapping)
+    summary = command.run([str(source)], str(catalog), out, params(chunk_rows=500), mapping)
     assert summary["parts"][DAY1] >= 4
     quarantine = out / "_quarantine" / "ingest" / "export.csv.parquet"
     assert quarantine.is_file()
@@ -254,7 +255,7 @@ def test_reingesting_a_day_replaces_it_whole(sim, tmp_path):
     frame.loc[0, "pos"] = 1
     write_csv(frame, source)
     lines: list[str] = []
-    ingest.run([str(source)], str(catalog), out, params(), mapping, log=lines.append)
+    command.run([str(source)], str(catalog), out, params(), mapping, log=lines.append)
     assert sorted(p.name for p in DayPaths(out, DAY1).impressions_dir.iterdir()) == ["part-00000.parquet"]
     assert day_table(out, DAY1).equals(sim_table(sim, DAY1))
     assert not quarantine.exists()
@@ -266,20 +267,20 @@ def test_a_crash_midway_leaves_the_previous_day_in_place(sim, tmp_path, monkeypa
     catalog = their_catalog(sim, tmp_path / "c.csv")
     mapping = write_mapping(tmp_path / "m.yaml")
     out = tmp_path / "out"
-    ingest.run([str(source)], str(catalog), out, params(chunk_rows=500), mapping)
+    command.run([str(source)], str(catalog), out, params(chunk_rows=500), mapping)
     before = files_under(out)
     calls = {"n": 0}
-    real = ingest.convert_chunk
+    real = command.convert_chunk
 
     def fail_on_third(chunk, plan, spec, *args):
-        calls["n"] += spec.table == ingest.IMPRESSIONS
+        calls["n"] += spec.table == IMPRESSIONS
         if calls["n"] == 3:  # two chunks of impressions are already staged
             raise MemoryError("simulated crash")
         return real(chunk, plan, spec, *args)
 
-    monkeypatch.setattr(ingest, "convert_chunk", fail_on_third)
+    monkeypatch.setattr(command, "convert_chunk", fail_on_third)
     with pytest.raises(MemoryError):
-        ingest.run([str(source)], str(catalog), out, params(chunk_rows=300), mapping)
+        command.run([str(source)], str(catalog), out, params(chunk_rows=300), mapping)
     assert calls["n"] == 3
     assert files_under(out) == before
     assert not list(out.rglob(".*"))

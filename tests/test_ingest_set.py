@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.data import ingest
 from pipeline.data.contract import DayPaths
+from pipeline.data.ingest import command
 from pipeline.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,8 +79,8 @@ def test_constants_ids_sessions_and_titles_come_from_the_mapping(tmp_path):
     first, second, catalog = bare_log(tmp_path)
     out = tmp_path / "out"
     # Two rows a chunk: requests and sessions span chunks and files.
-    ingest.run([str(first), str(second)], str(catalog), out, params(chunk_rows=2),
-               write_mapping(tmp_path / "m.yaml", MAPPING))
+    command.run([str(first), str(second)], str(catalog), out, params(chunk_rows=2),
+                write_mapping(tmp_path / "m.yaml", MAPPING))
     rows = pd.read_parquet(DayPaths(out, DAY).impressions_dir)
     # Event ids: the row's place in its file (a prefix per file keeps two files' ids apart).
     assert rows.event_id.tolist() == ["shop:1", "shop:2", "shop:3", "shop:4", "shop:1", "shop:2", "shop:3"]
@@ -101,8 +101,8 @@ def test_constants_ids_sessions_and_titles_come_from_the_mapping(tmp_path):
     assert catalog_out.category.fillna("<null>").tolist() == ["Shoes>Running", "Bags", "<null>"]
     # The same input gives the same ids on every run.
     again = tmp_path / "again"
-    ingest.run([str(first), str(second)], str(catalog), again, params(),
-               write_mapping(tmp_path / "m.yaml", MAPPING))
+    command.run([str(first), str(second)], str(catalog), again, params(),
+                write_mapping(tmp_path / "m.yaml", MAPPING))
     rerun = pd.read_parquet(DayPaths(again, DAY).impressions_dir)
     assert sorted(zip(rerun.event_id, rerun.request_id, rerun.session_id)) == \
         sorted(zip(rows.event_id, rows.request_id, rows.session_id))
@@ -162,7 +162,7 @@ def test_a_yaml_boolean_sets_a_flag_and_a_constant_fills_only_empty_values(tmp_p
     frame.to_csv(first, index=False)
     mapping = {**MAPPING, "set": {**MAPPING["set"], "purchased": False}}
     out = tmp_path / "out"
-    ingest.run([str(first)], str(catalog), out, params(), write_mapping(tmp_path / "m.yaml", mapping))
+    command.run([str(first)], str(catalog), out, params(), write_mapping(tmp_path / "m.yaml", mapping))
     day = pd.read_parquet(DayPaths(out, DAY).impressions_dir)
     assert day.surface.tolist() == ["search", "recommend", "recommend", "recommend"]
     assert set(day.purchased) == {0}

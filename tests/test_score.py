@@ -14,7 +14,7 @@ import yaml
 
 from conftest import DAY, NEXT_DAY, tiny_params
 from pipeline.release import champions
-from pipeline.data import simulate
+from pipeline.data.simulate import command as simulate
 from pipeline.data.contract import read_impressions, read_impressions_of_days
 from pipeline.model.dataset import read_log
 

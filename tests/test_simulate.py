@@ -15,7 +15,8 @@ import pytest
 from pipeline.data.contract import (CATALOG_SCHEMA, EXTRA_FEATURE_PREFIX, IMPRESSION_SCHEMA, TRUTH_SCHEMA, DayPaths,
                                read_catalog, read_impressions)
 from pipeline.params import load_params
-from pipeline.data.simulate import plackett_luce, run
+from pipeline.data.simulate.command import run
+from pipeline.data.simulate.world import plackett_luce
 
 REPO = Path(__file__).resolve().parents[1]
 DAY1, DAY2 = "2026-11-01", "2026-11-02"

@@ -12,21 +12,16 @@ Without torchrun the same code runs as a world of one, exactly as before.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from pipeline.atomic import atomic_dir
+from pipeline.model.checkpoints import Checkpoints, LoopState, restore
+from pipeline.model.distributed import World, all_ranks_mean, leaders, start_distributed
 from pipeline.model.features import Features
-
-CHECKPOINT_PREFIX = "step-"
 
 
 @dataclass
@@ -81,44 +76,6 @@ class FitResult:
     best_epoch: int | None = None
     stopped_early: bool = False
     resumed_from_step: int | None = None
-
-
-@dataclass
-class World:
-    rank: int = 0
-    size: int = 1
-
-    @property
-    def leader(self) -> bool:
-        return self.rank == 0
-
-
-def start_distributed(device: str) -> tuple[World, str]:
-    """Join torchrun's process group when launched by it; else a world of one. Returns the device to use."""
-    if "WORLD_SIZE" not in os.environ:
-        return World(), device
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device.startswith("cuda"):
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"rank {local_rank} has no GPU: {os.environ['WORLD_SIZE']} processes on a machine "
-                               f"with {torch.cuda.device_count()} (compute.train_processes: at most one per GPU)")
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return World(dist.get_rank(), dist.get_world_size()), device
-
-
-def stop_distributed() -> None:
-    """Leave the process group once every rank got here: a rank that failed before never arrives, and
-    torchrun then stops the others while they wait, so no rank goes on to write outputs."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 class _Gather:
@@ -178,10 +135,10 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
                                           broadcast_buffers=False)
     # Every rank resumes from the same checkpoint (the ranks must agree on the step); rank 0 writes them.
     store = Checkpoints(checkpoint_dir, fingerprint) if checkpoint_dir else None
-    state = _LoopState()
+    state = LoopState()
     resumed = store.latest() if store is not None else None
     if resumed is not None:
-        state = _restore(resumed, model, optimizer, generator, world)
+        state = restore(resumed, model, optimizer, generator, world)
     result = FitResult(history=state.history, validation_history=state.validation_history,
                        resumed_from_step=state.step if resumed is not None else None)
     if progress is not None and state.step:
@@ -205,11 +162,11 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
                 break
             if store is not None and knobs.checkpoint_every_steps and state.step % knobs.checkpoint_every_steps == 0:
                 store.save(state, model, optimizer, generator, world)
-        state.history.append(_all_ranks_mean(state.total, state.seen, world, device))
+        state.history.append(all_ranks_mean(state.total, state.seen, world, device))
         state.epoch += 1
         state.order, state.next_batch = None, 0
         if validation is not None:
-            loss = _leaders(weighted_loss(model, validation[0], validation[1], device, loss_fn), world, device)
+            loss = leaders(weighted_loss(model, validation[0], validation[1], device, loss_fn), world, device)
             state.validation_history.append(loss)
             model.train()
             if state.best_loss is None or loss < state.best_loss - knobs.min_delta:
@@ -229,62 +186,8 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
     return result
 
 
-def _all_ranks_mean(total: float, seen: float, world: World, device: str) -> float:
-    """The epoch's weighted loss over every rank's rows (each rank summed only its own)."""
-    if world.size > 1:
-        import torch.distributed as dist
-
-        sums = torch.tensor([total, seen], dtype=torch.float64, device=device)
-        dist.all_reduce(sums)
-        total, seen = (float(v) for v in sums)
-    return total / max(seen, 1e-8)
-
-
-def _leaders(value: float, world: World, device: str) -> float:
-    """Rank 0's value on every rank: early stopping must stop all ranks at the same epoch, even where
-    a GPU's rounding differs between ranks."""
-    if world.size > 1:
-        import torch.distributed as dist
-
-        shared = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.broadcast(shared, src=0)
-        value = float(shared)
-    return value
-
-
-def _rank_states(world: World, state: "_LoopState") -> list[tuple]:
-    """Every rank's (CPU random state, CUDA random state, epoch loss sum, weight sum) for rank 0's
-    checkpoint: each rank draws its own dropout masks and sums its own rows, and a resumed run must go
-    on with exactly those."""
-    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    mine = (torch.get_rng_state(), cuda, state.total, state.seen)
-    if world.size == 1:
-        return [mine]
-    import torch.distributed as dist
-
-    states: list = [None] * world.size
-    dist.all_gather_object(states, mine)  # between this run's own ranks, in memory
-    return states
-
-
-@dataclass
-class _LoopState:
-    epoch: int = 0
-    next_batch: int = 0       # micro-batches of this epoch already done
-    step: int = 0             # optimizer steps in all
-    order: torch.Tensor | None = None
-    total: float = 0.0        # this epoch's weighted loss sum and weight sum so far
-    seen: float = 0.0
-    history: list[float] = field(default_factory=list)
-    validation_history: list[float] = field(default_factory=list)
-    best_loss: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0
-    best_state: dict | None = None
-
-
 def _step(trained, data: Features, w: torch.Tensor, group: list, knobs: LoopKnobs, device: str, world: World,
-          optimizer, loss_fn, state: _LoopState) -> None:
+          optimizer, loss_fn, state: LoopState) -> None:
     """One optimizer step over an accumulation group of micro-batches: the gradient of the group's
     weighted mean loss, however the rows are split into micro-batches and ranks."""
     all_index = torch.cat([index for index, _ in group])
@@ -324,85 +227,3 @@ def weighted_loss(model, x: Features, weights: np.ndarray | None, device: str, l
     return total / max(float(w.sum()), 1e-8)
 
 
-class Checkpoints:
-    """step-<n>/ folders (state.safetensors + state.json), written whole or not at all; the newest one
-    whose fingerprint matches the run is resumed. Nothing is unpickled."""
-
-    def __init__(self, folder: str | Path, fingerprint: str):
-        self.folder, self.fingerprint = Path(folder), fingerprint
-
-    def save(self, state: _LoopState, model, optimizer, generator: torch.Generator, world: World = World()) -> None:
-        """Called on every rank at the same step (the random states are gathered); rank 0 writes."""
-        ranks = _rank_states(world, state)
-        if not world.leader:
-            return
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        if state.best_state is not None:
-            tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in state.best_state.items()})
-        optim = optimizer.state_dict()
-        for slot, values in optim["state"].items():
-            for name, value in values.items():
-                tensors[f"optim.{slot}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        for rank, (cpu, cuda, _, _) in enumerate(ranks):
-            suffix = f".{rank}" if rank else ""  # rank 0's under the names one process always used
-            tensors[f"rng.torch{suffix}"] = cpu
-            if cuda is not None:
-                tensors[f"rng.cuda{suffix}"] = cuda
-        tensors["rng.order"] = generator.get_state()
-        if state.order is not None:
-            tensors["order"] = state.order
-        meta = {"fingerprint": self.fingerprint, "epoch": state.epoch, "next_batch": state.next_batch,
-                "step": state.step, "total": state.total, "seen": state.seen, "history": state.history,
-                "validation_history": state.validation_history, "best_loss": state.best_loss,
-                "best_epoch": state.best_epoch, "bad_epochs": state.bad_epochs,
-                "param_groups": optim["param_groups"]}
-        if world.size > 1:
-            meta["ranks"] = [{"total": total, "seen": seen} for _, _, total, seen in ranks]
-        with atomic_dir(self.folder / f"{CHECKPOINT_PREFIX}{state.step:09d}") as tmp:
-            save_file(tensors, str(tmp / "state.safetensors"))
-            (tmp / "state.json").write_text(json.dumps(meta))
-        for old in self._all()[:-1]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def _all(self) -> list[Path]:
-        if not self.folder.is_dir():
-            return []
-        return sorted(p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
-
-    def latest(self) -> tuple[dict, dict] | None:
-        for path in reversed(self._all()):
-            meta = json.loads((path / "state.json").read_text())
-            if meta.get("fingerprint") != self.fingerprint:
-                print(f"training: {path} is from another run (other data or params): starting over")
-                return None
-            return meta, load_file(str(path / "state.safetensors"))
-        return None
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _restore(saved: tuple[dict, dict], model, optimizer, generator: torch.Generator,
-             world: World = World()) -> _LoopState:
-    meta, tensors = saved
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
-    slots: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, slot, name = key.split(".", 2)
-            slots.setdefault(int(slot), {})[name] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
-    suffix = f".{world.rank}" if world.rank else ""
-    torch.set_rng_state(tensors[f"rng.torch{suffix}"])
-    if f"rng.cuda{suffix}" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"])
-    generator.set_state(tensors["rng.order"])
-    if world.leader:
-        print(f"training: resumed from step {meta['step']} (epoch {meta['epoch'] + 1}, batch {meta['next_batch']})")
-    sums = meta["ranks"][world.rank] if "ranks" in meta else meta
-    return _LoopState(epoch=meta["epoch"], next_batch=meta["next_batch"], step=meta["step"],
-                      order=tensors.get("order"), total=sums["total"], seen=sums["seen"],
-                      history=list(meta["history"]), validation_history=list(meta["validation_history"]),
-                      best_loss=meta["best_loss"], best_epoch=meta["best_epoch"], bad_epochs=meta["bad_epochs"],
-                      best_state=best or None)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 COPIED = ("dvc.yaml", ".dvcignore")
 RAW_DIRS = (Path("data/raw/impressions"), Path("data/raw/catalog"))
 

@@ -79,7 +79,8 @@ def split_training_slice(in_train, cfg: dict):
 def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict, checkpoints=None,
         encoder_dir=None) -> dict:
     from pipeline.compute import setup
-    from pipeline.model import embeddings, ranker, text_tower, training
+    from pipeline.model import distributed, embeddings, ranker, text_tower, training
+    from pipeline.model.checkpoints import Checkpoints
     from pipeline.model.dataset import load_day
     from pipeline.model.metrics import ece
 
@@ -119,7 +120,7 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
                               loss_fn=ranker.per_sample_loss, validation=validation, checkpoint_dir=checkpoints,
                               fingerprint=fingerprint(day, params, train_x, weights, world), progress=bar)
     # Waits for every rank: a rank that failed in training stops the command before anything is written.
-    training.stop_distributed()
+    distributed.stop_distributed()
     if not leader:
         return {}
     history = result.history
@@ -146,7 +147,7 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
         losses.to_csv(tmp / "loss.csv", index=False, float_format="%.6f")
         write_json_atomic(tmp / "metrics.json", metrics)
     if checkpoints:
-        training.Checkpoints(checkpoints, "").clear()  # the run is done: nothing left to resume
+        Checkpoints(checkpoints, "").clear()  # the run is done: nothing left to resume
     print(f"train: {day} {len(rows)} rows x {len(history)} epochs ({result.steps} steps) on {device} in "
           f"{seconds:.1f}s, weighted loss {history[0]:.4f} -> {history[-1]:.4f}"
           + (f", best validation epoch {result.best_epoch}" if result.best_epoch else "")

@@ -1,4 +1,11 @@
-"""validate stage: check one day against the data contract and write its verdict, quarantine and report.
+"""The validate stage: check one day of logs against DATA_CONTRACT.md with Great Expectations.
+
+`python -m pipeline validate --data DIR --day YYYY-MM-DD --out REPORT_DIR [--params params.yaml]`
+
+Exit 0: the day keeps the contract (or breaks row-level rules on no more than `validate.max_bad_fraction`
+of its rows). Exit 1: it breaks a rule. Exit 2: a file cannot be read. The report folder (data_docs/,
+summary.json, metrics.json, quarantine.parquet, quarantine_catalog.parquet) is written in every case but
+the last, where only summary.json with the error is written, so no stale report is left behind.
 """
 from __future__ import annotations
 
@@ -20,33 +27,37 @@ from pipeline.data.contract import (  # noqa: E402
     ContractError,
     parse_day,
 )
-from pipeline.data.validate import report as validate_report
-from pipeline.data.validate.checks import (
+from pipeline.data.validate import report as validate_report  # noqa: E402
+from pipeline.data.validate.checks import (  # noqa: E402
     FAILED,
-    QUARANTINE_FILE,
     WARNING,
     ValidationOutcome,
-    _drift,
-    _enough_requests,
-    _metrics,
-    _one_line,
-    _order_for_headline,
-    _quarantine,
-    _readable,
-    _sources,
-    _tolerate,
-    _unique_across_days,
-    _window,
-    _write_parquet,
-    check_day,
+    enough_requests,
+    one_line,
     read_day,
+    sources,
+    tolerate,
     validate_params,
+)
+from pipeline.data.validate.outputs import (  # noqa: E402
+    QUARANTINE_FILE,
+    day_metrics,
+    make_readable,
+    order_for_headline,
+    quarantine,
+    write_parquet,
 )
 from pipeline.data.validate.rules import (  # noqa: E402
     CATALOG,
     IMPRESSIONS,
     ROW,
     TABLES,
+)
+from pipeline.data.validate.suites import check_day  # noqa: E402
+from pipeline.data.validate.window import (  # noqa: E402
+    day_drift,
+    read_window,
+    unique_across_days,
 )
 from pipeline.params import load_params  # noqa: E402
 
@@ -61,36 +72,36 @@ def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None
         data = read_day(Path(data_dir), day)
     except ContractError as exc:
         with atomic_dir(out_dir) as tmp:
-            _readable(tmp)
+            make_readable(tmp)
             (tmp / "summary.json").write_text(dumps_json({
-                "day": day, "success": False, "error": _one_line(exc, 2000)}), encoding="utf-8")
+                "day": day, "success": False, "error": one_line(exc, 2000)}), encoding="utf-8")
         raise
 
     with atomic_dir(out_dir) as tmp:
-        _readable(tmp)
+        make_readable(tmp)
         checks = check_day(data, day, section, tmp / "data_docs")
-        window = _window(Path(data_dir), day, section, window_file)
+        window = read_window(Path(data_dir), day, section, window_file)
         event_id_ok = not any(c.table == IMPRESSIONS and c.level != ROW and c.status == FAILED
                               and "event_id" in c.columns for c in checks)
-        checks.append(_unique_across_days(data, window, event_id_ok))
+        checks.append(unique_across_days(data, window, event_id_ok))
         request_id_ok = not any(c.table == IMPRESSIONS and c.level != ROW and c.status == FAILED
                                 and "request_id" in c.columns for c in checks)
-        checks.append(_enough_requests(data, section["min_requests"], request_id_ok))
+        checks.append(enough_requests(data, section["min_requests"], request_id_ok))
         frames = {IMPRESSIONS: data.impressions, CATALOG: data.catalog}
-        tables = _tolerate(checks, frames, float(section["max_bad_fraction"]))
+        tables = tolerate(checks, frames, float(section["max_bad_fraction"]))
         quarantines = {}
         for table in TABLES:
-            quarantines[table] = _quarantine(frames[table], [c for c in checks if c.table == table],
-                                             data.row_files if table == IMPRESSIONS else None)
-            _write_parquet(quarantines[table], tmp / QUARANTINE_FILE[table])
+            quarantines[table] = quarantine(frames[table], [c for c in checks if c.table == table],
+                                            data.row_files if table == IMPRESSIONS else None)
+            write_parquet(quarantines[table], tmp / QUARANTINE_FILE[table])
         quarantined = len(quarantines[IMPRESSIONS])
         for table, files in data.schemas.items():
             tables[table]["files"] = [name for name, _ in files]
-        failures = tuple(c.text() for c in _order_for_headline([c for c in checks if c.status == FAILED]))
-        warnings = tuple(c.text() for c in _order_for_headline([c for c in checks if c.status == WARNING]))
+        failures = tuple(c.text() for c in order_for_headline([c for c in checks if c.status == FAILED]))
+        warnings = tuple(c.text() for c in order_for_headline([c for c in checks if c.status == WARNING]))
         details = tuple(f"{c.status} " + c.text(examples=section["examples"], percent=True)
-                        for c in _order_for_headline([c for c in checks if c.status in (FAILED, WARNING)]))
-        drift = _drift(day, data, checks, section, window)
+                        for c in order_for_headline([c for c in checks if c.status in (FAILED, WARNING)]))
+        drift = day_drift(day, data, checks, section, window)
         for status, bucket in ((FAILED, "failures"), (WARNING, "warnings")):
             lines = tuple(f"drift: {c['detail']}" for c in drift["checks"] if c["status"] == status)
             if bucket == "failures":
@@ -109,7 +120,7 @@ def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None
             "expectations": [c.to_json() for c in checks],
             "drift": drift,
         }
-        metrics = _metrics(data, checks, tables, quarantined)
+        metrics = day_metrics(data, checks, tables, quarantined)
         (tmp / "summary.json").write_text(dumps_json(summary), encoding="utf-8")
         (tmp / "metrics.json").write_text(dumps_json(metrics), encoding="utf-8")
         validate_report.write(tmp, summary, pd.concat([q for q in quarantines.values() if len(q)] or
@@ -120,7 +131,7 @@ def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None
         rows=len(data.impressions), catalog_rows=len(data.catalog),
         rules_checked=metrics["rules_checked"], rules_failed=metrics["rules_failed"],
         quarantined_rows=quarantined, report_dir=str(out_dir), details=details,
-        sources=_sources(Path(data_dir), day, data))
+        sources=sources(Path(data_dir), day, data))
 
 
 def _day_arg(text: str) -> str:
@@ -150,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
         params = load_params(params_path) if params_path is not None else {}
         validate_params(params)
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        print(f"validate: {args.day} ERROR {params_path}: {_one_line(exc)}", file=sys.stderr)
+        print(f"validate: {args.day} ERROR {params_path}: {one_line(exc)}", file=sys.stderr)
         return 2
 
     # GX may log or warn on stderr while it runs; hold that back so the verdict is the first line.
@@ -159,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
         with contextlib.redirect_stderr(noise):
             outcome = run(args.data, args.day, args.out, params, args.window)
     except ContractError as exc:
-        print(f"validate: {args.day} ERROR {_one_line(exc, 2000)}", file=sys.stderr)
+        print(f"validate: {args.day} ERROR {one_line(exc, 2000)}", file=sys.stderr)
         sys.stderr.write(noise.getvalue())
         return 2
     except BaseException:
@@ -172,7 +183,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(outcome.headline(), file=sys.stderr)
     for line in outcome.details:
-        print(f"  {_one_line(line, 1000)}", file=sys.stderr)
+        print(f"  {one_line(line, 1000)}", file=sys.stderr)
     if outcome.details:
         print(f"  report: {report / 'summary.json'}, {report / 'data_docs' / 'index.html'}, "
               f"{report / QUARANTINE_FILE[IMPRESSIONS]}", file=sys.stderr)

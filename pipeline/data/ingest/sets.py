@@ -20,7 +20,7 @@ the other `set:` rules, in whatever order they are listed) or else a column of t
 column that the input has too is only filled where the input leaves it empty.
 
 This module holds the rules and their evaluation on one chunk; the session rule needs every row of a
-user, so ingest computes it in a first pass over the inputs (`sessions`).
+user, so ingest computes it in a first pass over the inputs (converting.assign_sessions).
 """
 from __future__ import annotations
 
