@@ -1,6 +1,8 @@
-"""A corpus of broken days, each breaking one contract rule or one file property. Each is rejected
-by the retrain (the command every Airflow task runs) at validation with its own message; the champion
-pointer stays byte-identical and no later stage runs."""
+"""A corpus of broken days, each breaking one contract rule or one file property. Each is rejected at
+validation with its own message: every case through the validate stage in-process (the message is the
+line the retrain prints), and one case of each kind (a GX rule, a cross-table rule, an unreadable file,
+a missing table) through the retrain command every Airflow task runs, where the champion pointer stays
+byte-identical and no later stage runs."""
 import shutil
 
 import pandas as pd
@@ -9,10 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import DAY, make_workspace, repro, simulate
+from conftest import DAY, make_workspace, repro, simulate, tiny_params
+from pipeline.data.contract import ContractError, DayPaths, impression_parts
+from pipeline.ops.repro import rejection_message
 from pipeline.release import champions
-from pipeline.data.contract import DayPaths, impression_parts
-from pipeline.runplan import EXIT_DATA_REJECTED, REJECTION_PREFIX
+from pipeline.runplan import EXIT_DATA_REJECTED, REJECTION_PREFIX, validate_dir
+from pipeline.stages import validate
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +157,27 @@ def test_the_corpus_is_large_enough():
 
 
 @pytest.mark.parametrize("case", list(CORPUS))
-def test_broken_day_is_rejected_at_validation(pristine, case):
+def test_broken_day_is_rejected_at_validation_with_its_own_message(pristine, tmp_path, case):
+    breaker, expected = CORPUS[case]
+    shutil.copytree(pristine.parent / "pristine-data", tmp_path / "data")
+    breaker(DayPaths(tmp_path / "data/raw", DAY))
+    try:
+        outcome = validate.run(tmp_path / "data/raw", DAY, validate_dir(tmp_path, DAY), tiny_params())
+        assert not outcome.success
+    except ContractError:
+        pass  # an unreadable table: the stage wrote its verdict, then failed
+    message = rejection_message(tmp_path, DAY)  # what the retrain prints after REJECTION_PREFIX
+    assert message is not None
+    for words in expected:
+        assert words in message, message
+
+
+# One case of each kind through the retrain command.
+THROUGH_THE_RETRAIN = ["duplicated event_id", "item not in catalog", "truncated parquet", "catalog missing"]
+
+
+@pytest.mark.parametrize("case", THROUGH_THE_RETRAIN)
+def test_broken_day_stops_the_retrain_and_leaves_the_champion(pristine, case):
     breaker, expected = CORPUS[case]
     restore(pristine)
     breaker(DayPaths(pristine / "data/raw", DAY))
