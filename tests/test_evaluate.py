@@ -114,6 +114,29 @@ def test_item_slice_is_scored_at_the_rank_in_the_whole_list():
         (1 / math.log2(3) + 1 / math.log2(4)) / ideal)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_auc_and_logloss_match_scikit_learn_with_ties_and_resample_counts(seed):
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    labels = (rng.random(n) < 0.2).astype(int)
+    scores = np.round(rng.normal(size=n) + labels, 1)  # rounded: many ties, within and across classes
+    counts = rng.poisson(1.0, n)                        # a bootstrap resample, zeros included
+    p = rng.uniform(0, 1, n)
+    p[:3] = [0.0, 1.0, 1e-12]                           # clipped like scikit-learn's input
+
+    assert m.auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    keep = counts > 0
+    assert m.auc(labels, scores, counts) == pytest.approx(
+        roc_auc_score(labels[keep], scores[keep], sample_weight=counts[keep]), abs=1e-12)
+    clipped = np.clip(p, 1e-7, 1 - 1e-7)
+    assert m.logloss(labels, p) == pytest.approx(log_loss(labels, clipped, labels=[0, 1]), rel=1e-12)
+    assert m.logloss(labels, p, counts) == pytest.approx(
+        log_loss(labels, clipped, labels=[0, 1], sample_weight=counts), rel=1e-12)
+    assert m.auc(np.zeros(5), np.arange(5)) is None
+
+
 def test_direction_of_every_metric_evaluate_writes():
     assert [m.direction_of(n) for n in ("auc_click", "logloss_click", "ece_click", "auc_purchase",
                                         "ndcg_at_10", "mrr", "recall_at_5", "ndcg_at_10_true",
