@@ -88,7 +88,8 @@ def repro(workspace: Path, day: str, *stages: str, check: bool = True) -> subpro
 
 @pytest.fixture(scope="session")
 def completed_run(tmp_path_factory) -> Path:
-    """One workspace where the whole retrain ran once, through DVC, on a tiny simulated day."""
+    """One workspace where the whole retrain ran once, through DVC, on a tiny simulated day. Read it,
+    never change it: a test that runs a further day copies it first."""
     workspace = make_workspace(tmp_path_factory.mktemp("completed") / "ws")
     simulate(workspace, DAY, days=2)
     repro(workspace, DAY)
