@@ -22,7 +22,7 @@ def module_files() -> dict[str, Path]:
     return found
 
 
-def _imported(tree: ast.Module, name: str, modules: dict[str, Path]) -> set[str]:
+def _imported(tree: ast.Module, name: str, modules: dict[str, Path], dynamic: bool = True) -> set[str]:
     package = name if modules[name].name == "__init__.py" else name.rpartition(".")[0]
     reached = set()
     for node in ast.walk(tree):
@@ -35,7 +35,7 @@ def _imported(tree: ast.Module, name: str, modules: dict[str, Path]) -> set[str]
                 base = ".".join(parent + ([base] if base else []))
             reached.add(base)
             reached |= {f"{base}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value \
+        elif dynamic and isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value \
                 and node.value in modules:
             # A module named in a string is imported dynamically; a package named so is scanned for its
             # modules (the estimator registry imports every module of its package). The bare "pipeline"
@@ -44,6 +44,12 @@ def _imported(tree: ast.Module, name: str, modules: dict[str, Path]) -> set[str]
             if modules[node.value].name == "__init__.py" and node.value != name:
                 reached |= {m for m in modules if m.startswith(node.value + ".")}
     return {r for r in reached if r in modules}
+
+
+def imports_of(name: str, modules: dict[str, Path], dynamic: bool = True) -> set[str]:
+    """The pipeline modules one module imports, anywhere in it (its parent packages not counted);
+    with `dynamic`, also those it names in strings (loaded with importlib)."""
+    return _imported(ast.parse(modules[name].read_text(encoding="utf-8")), name, modules, dynamic)
 
 
 def import_closure(start: str, modules: dict[str, Path] | None = None) -> set[str]:
@@ -57,7 +63,7 @@ def import_closure(start: str, modules: dict[str, Path] | None = None) -> set[st
         seen.add(name)
         parts = name.split(".")
         todo += [".".join(parts[:k]) for k in range(1, len(parts))]  # parent packages run first
-        todo += sorted(_imported(ast.parse(modules[name].read_text(encoding="utf-8")), name, modules))
+        todo += sorted(imports_of(name, modules))
     return seen
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.__main__ import COMMANDS
-from stage_closure import (COMMAND, ROOT, covered, import_closure, key_covered, module_files, param_reads)
+from stage_closure import COMMAND, ROOT, covered, import_closure, key_covered, module_files, param_reads
 
 # Keys the importance command reads only when it combines shards (--combine): the shard stages score,
 # and a new weight transform or report knob must rerun the combine alone.
