@@ -1,9 +1,12 @@
-"""The retrain's run plan: stage names, the importance shard plan and the exit codes. What dags/
-and plugins/ import; light on purpose (no pandas, no torch), since every DAG parse loads it.
+"""The retrain's run plan: stage names, the importance shard plan, the exit codes and the environment
+DVC runs the stages in. What dags/ and plugins/ import; light on purpose (no pandas, no torch), since
+every DAG parse loads it.
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 
 import yaml
@@ -11,27 +14,15 @@ import yaml
 from pipeline.params import load_params
 
 STAGES = ("validate", "corpus", "pretrain", "importance_shard", "importance", "train", "evaluate", "gate", "promote")
-
-
 # One DVC stage per shard: `importance_shard@K` scores shard K of importance.shards; the bare name runs all.
 SHARD_STAGE = "importance_shard"
-
-
 SHARDS_DIR = Path("work") / "importance_shards"
-
-
 SHARD_TARGET = re.compile(rf"^{SHARD_STAGE}@(\d+)$")
-
-
 # Exit code for "the day's data was rejected": retrying cannot help, unlike a crash.
 EXIT_DATA_REJECTED = 3
-
-
 # First words of the line that reports a rejection (the DAG shows that line as the failure reason).
 REJECTION_PREFIX = "repro: validate rejected the day:"
-
-
-# Exit code for "another run holds the workspace" (pipeline/lease.py).
+# Exit code for "another run holds the workspace" (pipeline/ops/lease.py).
 EXIT_LEASE_HELD = 4
 
 
@@ -72,3 +63,14 @@ def missing_inputs(workspace: Path, day: str) -> list[str]:
     """The day's raw folders that are not there yet (dvc.yaml reads them from data/raw)."""
     raw = workspace / "data" / "raw"
     return [str(p) for p in (raw / "impressions" / f"dt={day}", raw / "catalog" / f"dt={day}") if not p.is_dir()]
+
+
+def dvc_env() -> dict:
+    """The environment `dvc` and the stage commands it starts run in."""
+    env = dict(os.environ)
+    # Stage commands say `python`: make it this interpreter, whatever PATH the caller had.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("GX_ANALYTICS_ENABLED", "false")
+    return env

@@ -39,6 +39,22 @@ def test_no_import_circle():
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
 
 
+def folder_of(name: str) -> str:
+    """The package's top-level part a module belongs to: pipeline.model.ranker -> model."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and MODULES[name].name == "__init__.py") else name
+
+
+def test_no_two_folders_import_each_other():
+    between = {}
+    for name, targets in graph().items():
+        for target in targets:
+            if folder_of(name) != folder_of(target):
+                between.setdefault((folder_of(name), folder_of(target)), []).append(f"{name} -> {target}")
+    both_ways = {f"{a} <-> {b}": between[(a, b)] + between[(b, a)] for a, b in between if (b, a) in between and a < b}
+    assert not both_ways, both_ways
+
+
 def test_no_module_imports_a_stage_module():
     importers = sorted(f"{name} -> {target}" for name, targets in graph().items() for target in targets
                        if target.startswith("pipeline.stages.") and not name.startswith("pipeline.stages"))

@@ -18,7 +18,7 @@ from pipeline.data import corpus as corpus_mod
 from pipeline.model import refresh
 from pipeline.stages import pretrain
 from pipeline.params import load_params, stage_seed
-from pipeline.ops.repro import dvc_env
+from pipeline.runplan import dvc_env
 
 
 def unit(*rows):

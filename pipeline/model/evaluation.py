@@ -283,17 +283,6 @@ def _difference(a, b):
     return None if a is None or b is None else a - b
 
 
-def champion_predictions(champion: dict, registry_dir: str, impressions, catalog, params: dict,
-                         device: str, history=None) -> dict:
-    """The champion's predictions, its texts embedded with its own encoder; `history`: the clicks its
-    history features read (dataset.logged_history)."""
-    from pipeline.model.scoring import model_predictions
-    from pipeline.release import champions
-
-    return model_predictions(champions.model_dir(registry_dir, champion), impressions, catalog, params, device,
-                             history)
-
-
 def scored_slices(scorer: Scorer, masks: dict, models: dict) -> dict:
     """{slice: {rows, requests, candidate, champion}}; `models` maps a name to (predictions, ranks) or None."""
     out = {}

@@ -11,7 +11,6 @@ Each is rewritten only when their content changes, so an unchanged rerun is a DV
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pipeline.runplan import (
     SHARDS_DIR,
     STAGES,
     context_yaml,
+    dvc_env,
     missing_inputs,
     shard_count,
     shard_dir,
@@ -90,16 +90,6 @@ def rejection_message(workspace: Path, day: str) -> str | None:
             reasons = verdict.get("failures") or [verdict.get("error") or "the day broke the data contract"]
             return "; ".join(reasons)
     return None
-
-
-def dvc_env() -> dict:
-    env = dict(os.environ)
-    # Stage commands say `python`: make it this interpreter, whatever PATH the caller had.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("GX_ANALYTICS_ENABLED", "false")
-    return env
 
 
 def run_stage(workspace: Path, stage: str, day: str) -> int:

@@ -27,9 +27,9 @@ import yaml
 
 from pipeline.atomic import read_json
 from pipeline.days import parse_day
-from pipeline.ops.repro import dvc_env
 from pipeline.params import load_params
 from pipeline.release import champions, lineage
+from pipeline.runplan import dvc_env
 
 RAW = "data/raw"
 

@@ -12,7 +12,6 @@ from pipeline.model import metrics as m
 from pipeline.model.evaluation import (
     Scorer,
     baseline_scores,
-    champion_predictions,
     check_config,
     check_ranking_config,
     ips_setup,
@@ -38,6 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", default=None,
                         help="run/window.json: the earlier days new items are told by (default: every earlier "
                              "day of --data, or the last evaluate.slices.new_item_history_days)")
+
+
+def champion_predictions(champion: dict, registry_dir: str, impressions, catalog, params: dict,
+                         device: str, history=None) -> dict:
+    """The champion's predictions, its texts embedded with its own encoder; `history`: the clicks its
+    history features read (dataset.logged_history)."""
+    from pipeline.model.scoring import model_predictions
+    from pipeline.release import champions  # the registry: read by the stage, never by the measures
+
+    return model_predictions(champions.model_dir(registry_dir, champion), impressions, catalog, params, device,
+                             history)
 
 
 def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, params: dict,
