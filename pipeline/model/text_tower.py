@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BertConfig
-from transformers.models.bert.modeling_bert import BertLayer
 
 # The BertConfig fields a tuned layer needs; saved in the ranker's JSON config to rebuild it.
 LAYER_CONFIG_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size", "hidden_act",
@@ -66,6 +64,11 @@ class TextTower(nn.Module):
     """`layers` BERT layers and mean pooling: cached bottom states -> L2-normalised text vectors."""
 
     def __init__(self, config: dict, layers: int):
+        # transformers loads here, not with the module: every stage that loads a ranker imports this
+        # module, and only rankers that tune encoder layers need it.
+        from transformers import BertConfig
+        from transformers.models.bert.modeling_bert import BertLayer
+
         super().__init__()
         self.config = dict(config)
         bert = BertConfig(**config)
