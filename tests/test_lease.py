@@ -111,7 +111,7 @@ def test_repro_by_hand_refuses_to_run_inside_another_run(workspace):
 
 
 def test_a_by_hand_holder_that_was_killed_does_not_keep_the_lease(tmp_path, clock):
-    dead = subprocess.run([sys.executable, "-c", "from pipeline import lease; print(lease.command_holder())"],
+    dead = subprocess.run([sys.executable, "-c", "from pipeline.ops import lease; print(lease.command_holder())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     assert lease.acquire(tmp_path, dead, DAY, STALE) is None
     assert lease.acquire(tmp_path, "scheduled__2026-11-02", DAY, STALE) is None
