@@ -104,5 +104,3 @@ def load(directory: str | Path) -> Corpus:
     return Corpus(texts["text"].to_pylist(), texts["title"].to_numpy(zero_copy_only=False).astype(bool),
                   texts["query"].to_numpy(zero_copy_only=False).astype(bool),
                   list(zip(pairs["query"].to_pylist(), pairs["title"].to_pylist())))
-
-

@@ -85,5 +85,3 @@ def score_log(data_dir, days, embeddings_dir, params: dict, estimator, shard):
     # A shard's scores are weighted later, by the combine: only a whole run prunes by cluster.
     vectors = row_vectors(data) if shard is None and wants_vectors(params["importance"]) else None
     return data.impressions, data.catalog, data.holdout, checked_scores(event_ids, scores, estimator.name), vectors
-
-

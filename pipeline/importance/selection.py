@@ -58,5 +58,3 @@ def apply(params: dict, choice: dict) -> dict:
     if choice.get("estimator"):
         importance["estimator"] = choice["estimator"]
     return {**params, "importance": importance}
-
-

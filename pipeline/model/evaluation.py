@@ -314,5 +314,3 @@ def window_days(window_file) -> list[str] | None:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("previous"), list):
         raise ValueError(f"{window_file}: expected a window manifest with a 'previous' list of days")
     return sorted(entry["day"] for entry in manifest["previous"])
-
-

@@ -177,5 +177,3 @@ def too_few_pairs(pairs: list | None) -> str | None:
     return (f"only {len(pairs)} (query, clicked title) pairs to train on after those held out "
             f"(pretrain.recall.heldout_pairs_fraction, pretrain.heldout_fraction), at least 2 needed: "
             f"no refresh, the base encoder is used")
-
-

@@ -225,5 +225,3 @@ def weighted_loss(model, x: Features, weights: np.ndarray | None, device: str, l
         index = torch.arange(start, min(start + batch_size, len(x)))
         total += float((loss_fn(model, x.subset(index).to(device)).float().cpu() * w[index]).sum())
     return total / max(float(w.sum()), 1e-8)
-
-

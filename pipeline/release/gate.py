@@ -419,5 +419,3 @@ def decide(metrics: dict, checks_cfg: dict, slice_cfg: dict | None = None, min_s
                        "skipped_metrics": len(skipped) - len(small)}}
     why = short_of_evidence(metrics, min_clicks)
     return decision if why is None else withheld(decision, why)
-
-

@@ -9,26 +9,22 @@ the last, where only summary.json with the error is written, so no stale report 
 """
 from __future__ import annotations
 
-import os
+import argparse
+import contextlib
+import io
+import sys
+from pathlib import Path
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+import pandas as pd
+import yaml
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import io  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-
-from pipeline.atomic import atomic_dir, dumps_json  # noqa: E402
-from pipeline.data.contract import (  # noqa: E402
+from pipeline.atomic import atomic_dir, dumps_json
+from pipeline.data.contract import (
     ContractError,
     parse_day,
 )
-from pipeline.data.validate import report as validate_report  # noqa: E402
-from pipeline.data.validate.checks import (  # noqa: E402
+from pipeline.data.validate import report as validate_report
+from pipeline.data.validate.checks import (
     FAILED,
     WARNING,
     ValidationOutcome,
@@ -39,7 +35,7 @@ from pipeline.data.validate.checks import (  # noqa: E402
     tolerate,
     validate_params,
 )
-from pipeline.data.validate.outputs import (  # noqa: E402
+from pipeline.data.validate.outputs import (
     QUARANTINE_FILE,
     day_metrics,
     make_readable,
@@ -47,19 +43,19 @@ from pipeline.data.validate.outputs import (  # noqa: E402
     quarantine,
     write_parquet,
 )
-from pipeline.data.validate.rules import (  # noqa: E402
+from pipeline.data.validate.rules import (
     CATALOG,
     IMPRESSIONS,
     ROW,
     TABLES,
 )
-from pipeline.data.validate.suites import check_day  # noqa: E402
-from pipeline.data.validate.window import (  # noqa: E402
+from pipeline.data.validate.suites import check_day
+from pipeline.data.validate.window import (
     day_drift,
     read_window,
     unique_across_days,
 )
-from pipeline.params import load_params  # noqa: E402
+from pipeline.params import load_params
 
 
 def run(data_dir: str | Path, day: str, out_dir: str | Path, params: dict | None = None,

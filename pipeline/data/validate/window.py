@@ -76,4 +76,3 @@ def day_drift(day: str, data: DayData, checks: list[Check], section: dict, windo
     if broken:
         return {"skipped": f"column(s) {', '.join(broken)} broken", "checks": [], "statistics": []}
     return drift.drift_report(day, data.impressions, window.frames, window.unreadable, section["drift"])
-
