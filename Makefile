@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DAY ?= 2026-11-01
+# The demo's workspace (python -m pipeline init): its own git repository, where every run is a commit
+# tagged sieve/day/DAY, so the project's history stays the code's.
+DEMO_WS ?= demo
 # A run processes its data interval, the day before its logical date: run at midnight after DEMO_DAY.
 RUN_DATE = $(shell date -u -d "$(DEMO_DAY) + 1 day" +%Y-%m-%d)
 
@@ -20,7 +23,7 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	SIEVE_WORKSPACE=$(CURDIR)
+	SIEVE_WORKSPACE=$(CURDIR)/$(DEMO_WS)
 
 # The report test opens pages in Debian's headless Chromium.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -39,11 +42,14 @@ $(STAMP): requirements.lock requirements-model.txt pyproject.toml
 	$(BIN)/python -c "import torch; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__"
 	touch $@
 
+# A later DEMO_DAY runs in the same workspace: the summary ends with `dvc metrics diff` against the
+# previous day's tag.
 demo: $(STAMP)
-	$(BIN)/python -m pipeline simulate --start $(DEMO_DAY) --days 1 --out data/raw
+	$(BIN)/python -m pipeline init $(DEMO_WS) --force > /dev/null
+	$(BIN)/python -m pipeline simulate --start $(DEMO_DAY) --days 1 --out $(DEMO_WS)/data/raw
 	$(AIRFLOW_ENV) $(BIN)/airflow db migrate > .airflow-migrate.log 2>&1 || { cat .airflow-migrate.log; exit 1; }
 	$(AIRFLOW_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/airflow dags test sieve_retrain $(RUN_DATE)
-	$(BIN)/python -m pipeline summary --workspace .
+	$(BIN)/python -m pipeline summary --workspace $(DEMO_WS)
 
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
@@ -54,7 +60,6 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30 tests
 
-# Everything the demo made, DVC's cache included: with its run cache left, a rerun would restore the
-# promote stage's outputs from it without writing the (deleted) registry.
+# Everything the demo made: its workspace (data, runs, registry, DVC cache and remotes) and Airflow's home.
 clean:
-	rm -rf work run registry events dvc-remote .airflow .airflow-migrate.log data dvc.lock .dvc/cache .dvc/tmp
+	rm -rf $(DEMO_WS) .airflow .airflow-migrate.log

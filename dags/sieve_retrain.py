@@ -16,8 +16,12 @@ Importance scoring is mapped: `plan_shards` reads importance.shards from the wor
 `importance_shard` runs once per shard (dynamic task mapping), side by side where the executor has
 room; `importance` then combines, weights and reports them.
 
-`publish` pushes the run's outputs, raw day and lineage record to the DVC remote (params `remote`),
-whether the candidate was promoted or not: `python -m pipeline restore` gets any published day back.
+`commit` makes the run a commit in the workspace's git repository, tagged sieve/day/<day>
+(pipeline/release/runs.py), so `dvc metrics diff` and `dvc plots diff` compare days by tag; a day the
+data contract rejects is committed (tagged sieve/rejected/<day>) by its validate task, and a crashed
+stage commits nothing. `publish` pushes the run's outputs, raw day and lineage record to the DVC
+remote and the git branch and tags to `remote.git_url` (params `remote`), whether the candidate was
+promoted or not: `python -m pipeline restore`, or `git clone` + `dvc pull` of a tag, gets a day back.
 """
 from __future__ import annotations
 
@@ -25,8 +29,8 @@ from datetime import datetime, timezone
 
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
-from sieve_tasks import (KNOBS, RAW_DAY, acquire_workspace, default_args, publish, release_workspace,
-                          run_day, run_stage, stage_task, workspace)
+from sieve_tasks import (KNOBS, RAW_DAY, acquire_workspace, commit_run, default_args, publish,
+                          release_workspace, run_day, run_stage, stage_task, workspace)
 
 from pipeline.runplan import SHARD_STAGE, STAGES, shard_indices
 
@@ -69,7 +73,7 @@ def sieve_retrain():
     for stage in STAGES:
         previous >> tasks[stage]
         previous = tasks[stage]
-    previous >> publish() >> release_workspace().as_teardown(setups=acquire)
+    previous >> commit_run() >> publish() >> release_workspace().as_teardown(setups=acquire)
 
 
 sieve_retrain()

@@ -25,6 +25,7 @@ COMMANDS = {
     "repro": ("pipeline.ops.repro", "run one DVC stage of the retrain for a given day"),
     "lease": ("pipeline.ops.lease", "show which run holds a workspace, or break a dead run's lease"),
     "summary": ("pipeline.ops.summary", "print where a run's reports, metrics and decision are"),
+    "commit": ("pipeline.release.runs", "commit the workspace's last run to its git repository and tag its day"),
     "publish": ("pipeline.release.publish", "push a finished run's outputs and lineage record to the DVC remote"),
     "restore": ("pipeline.release.restore", "restore a day's champion model and reports from the DVC remote alone"),
     "lineage": ("pipeline.release.lineage", "print a model's or a day's lineage: data, params, code, parent champions"),

@@ -92,6 +92,18 @@ def stage_task(stage: str, **task_kwargs):
     return run()
 
 
+@task(task_id="commit")
+def commit_run() -> None:
+    """Commit the run to the workspace's git repository and tag its day (python -m pipeline commit)."""
+    context = get_current_context()
+    day = run_day(context)
+    try:
+        lease.check(workspace(), context["run_id"])
+    except lease.LeaseHeld as exc:
+        raise AirflowFailException(f"commit: {exc}") from exc
+    run_pipeline(["commit", "--workspace", workspace(), "--day", day, "--run-id", context["run_id"]], "commit", day)
+
+
 @task(task_id="publish")
 def publish() -> None:
     """Push the run's outputs and its lineage record to the DVC remote (python -m pipeline publish)."""

@@ -26,7 +26,7 @@ def dag(bag):
 def test_tasks_run_the_stages_in_order_inside_the_workspace_lease(dag):
     order = [t.task_id for t in dag.topological_sort()]
     assert order[0] == "acquire_workspace" and order[-1] == "release_workspace"
-    assert [t for t in order[1:-1] if t != "plan_shards"] == [*STAGES, "publish"]
+    assert [t for t in order[1:-1] if t != "plan_shards"] == [*STAGES, "commit", "publish"]
     assert order.index("validate") < order.index("plan_shards") < order.index(SHARD_STAGE)
     assert dag.get_task(STAGES[0]).upstream_task_ids == {"acquire_workspace"}
     for upstream, downstream in zip(STAGES, STAGES[1:]):
@@ -39,7 +39,8 @@ def test_the_lease_is_given_back_by_a_teardown_that_runs_on_failure_too(dag):
     release = dag.get_task("release_workspace")
     assert release.is_teardown
     assert release.trigger_rule == "all_done_setup_success"
-    assert dag.get_task("publish").upstream_task_ids == {STAGES[-1]}
+    assert dag.get_task("commit").upstream_task_ids == {STAGES[-1]}
+    assert dag.get_task("publish").upstream_task_ids == {"commit"}
     assert release.upstream_task_ids == {"publish", "acquire_workspace"}
     acquire = dag.get_task("acquire_workspace")
     assert acquire.is_setup and acquire.mode == "reschedule"

@@ -29,13 +29,6 @@ def publish(workspace: Path, day: str) -> subprocess.CompletedProcess:
     return cli("publish", "--workspace", str(workspace), "--day", day, cwd=workspace)
 
 
-def commit_all(workspace: Path, message: str) -> str:
-    run(["git", "add", "-A"], workspace)
-    run(["git", "-c", "user.name=sieve", "-c", "user.email=sieve@example.invalid", "commit", "-q", "-m", message],
-        workspace)
-    return run(["git", "rev-parse", "HEAD"], workspace).stdout.strip()
-
-
 class Published:
     """The workspace, its remote, and what each day's run left in the workspace when published."""
 
@@ -63,14 +56,13 @@ def published(tmp_path_factory) -> Published:
     params = tiny_params()
     params["remote"] = {"name": "backup", "url": "../remote", "run_cache": True, "raw_data": True}
     workspace = make_workspace(state.workspace, params)
-    (workspace / ".gitignore").write_text("/data/\n/work/\n/run/\n/registry/\n")
     simulate(workspace, DAYS[0], days=len(DAYS))
     for day in DAYS:
         if day == DAYS[-1]:
             params["gate"]["checks"]["auc_click"]["min_value"] = 0.999  # no tiny model reaches it
             (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        state.commits[day] = commit_all(workspace, f"params for {day}")
-        repro(workspace, day)
+        repro(workspace, day)  # the run's commit holds the params it ran with
+        state.commits[day] = run(["git", "rev-parse", "HEAD"], workspace).stdout.strip()
         result = publish(workspace, day)
         assert result.returncode == 0, result.stderr
         state.locks[day] = yaml.safe_load((workspace / "dvc.lock").read_text())
@@ -110,7 +102,7 @@ def test_each_day_has_a_record_with_its_lineage(published):
         # Params, code, estimator as they were at the day's run.
         assert record["params"]["sha256"] == published.params_sha[day]
         assert record["params"]["values"]["gate"]["checks"]["auc_click"]["min_value"] == (0.999 if day == DAYS[-1] else 0.5)
-        assert record["code"]["git_commit"] == published.commits[day]
+        assert record["code"]["git_commit"] == published.commits[day] and record["code"]["git_dirty"] is False
         assert record["code"]["pipeline_sha256"] and "pipeline/stages/train.py" in record["code"]["deps"]
         assert record["estimator"] == published.estimators[day]
         assert record["weight_transform"]["transform"]
@@ -124,8 +116,10 @@ def test_each_day_has_a_record_with_its_lineage(published):
 
 
 def test_publish_configures_the_remote_and_pushes_run_cache_and_raw_data(published):
-    local = (published.workspace / ".dvc" / "config.local").read_text()
-    assert 'remote "backup"' in local and str(published.remote.resolve()) in local
+    # In the committed config (the run commits carry it), as the default: a clone of a tag pulls from it.
+    config = (published.workspace / ".dvc" / "config").read_text()
+    assert 'remote "backup"' in config and str(published.remote.resolve()) in config and "remote = backup" in config
+    assert config == run(["git", "show", "HEAD:.dvc/config"], published.workspace).stdout
     assert any((published.remote / "runs").rglob("*")), "the run cache was not pushed"
     for day in DAYS:
         for entry in published.record(day)["data"]["raw"].values():

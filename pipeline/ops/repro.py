@@ -7,6 +7,10 @@ Before `dvc repro` it writes the run's context into the workspace:
   run/estimator.json, run/weight_transform.json  the importance estimator and weight transform
                      (the benchmark's selection or params: pipeline/importance/selection.py)
 Each is rewritten only when their content changes, so an unchanged rerun is a DVC cache hit.
+
+A day the data contract rejects is committed to the workspace's git repository with its report and
+tagged sieve/rejected/DAY; by hand, a run that goes through promote is committed and tagged
+sieve/day/DAY (the DAG's `commit` task does that for its runs): pipeline/release/runs.py.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from pipeline.days import parse_day
 from pipeline.importance import selection
 from pipeline.ops import lease
 from pipeline.params import load_params
-from pipeline.release import champions
+from pipeline.release import champions, runs
 from pipeline.runplan import (
     EXIT_DATA_REJECTED,
     EXIT_LEASE_HELD,
@@ -92,7 +96,29 @@ def rejection_message(workspace: Path, day: str) -> str | None:
     return None
 
 
-def run_stage(workspace: Path, stage: str, day: str) -> int:
+def record_rejection(workspace: Path, day: str, run_id: str, reason: str) -> None:
+    """Commit the rejected day with its data-quality report (reviewers read rejected days too)."""
+    try:
+        sha = runs.commit_rejected(workspace, day, run_id, validate_dir(workspace, day), reason)
+    except (runs.CommitError, ValueError, OSError) as exc:
+        print(f"repro: the rejected day was not committed: {exc}", file=sys.stderr)
+        return
+    if sha:
+        print(f"repro: {day} committed as {sha[:12]}, tagged {runs.rejected_tag(day)}", file=sys.stderr)
+
+
+def record_run(workspace: Path, day: str, run_id: str) -> int:
+    try:
+        sha = runs.commit_complete(workspace, day, run_id)
+    except (runs.CommitError, ValueError, OSError) as exc:
+        print(f"repro: the run ran through but was not committed: {exc}", file=sys.stderr)
+        return 1
+    if sha:
+        print(f"repro: {day} committed as {sha[:12]}, tagged {runs.day_tag(day)}")
+    return 0
+
+
+def run_stage(workspace: Path, stage: str, day: str, run_id: str = runs.BY_HAND) -> int:
     if stage == "validate" and (missing := missing_inputs(workspace, day)):
         # Not a rejection: the day may still land, so the caller may retry.
         print(f"repro: no data for {day} yet: {', '.join(missing)} missing", file=sys.stderr)
@@ -106,6 +132,7 @@ def run_stage(workspace: Path, stage: str, day: str) -> int:
     if result.returncode == 0:
         return 0
     if stage == "validate" and (message := rejection_message(workspace, day)) is not None:
+        record_rejection(workspace, day, run_id, message)
         print(f"{REJECTION_PREFIX} {message}", file=sys.stderr)
         return EXIT_DATA_REJECTED
     print(f"repro: stage {stage} failed (dvc exit {result.returncode})", file=sys.stderr)
@@ -143,7 +170,7 @@ def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = S
         if not held.get("prepared"):
             prepare(workspace, day, params)
             lease.mark_prepared(workspace, holder)
-        return run_stages(workspace, day, stages)
+        return run_stages(workspace, day, stages, holder)
     # By hand: hold the lease for this command only, and refuse to run inside another run.
     holder = lease.command_holder()
     waits = lease.acquire(workspace, holder, day, stale_after=lease.stale_after(params), queue=False)
@@ -153,14 +180,18 @@ def run(workspace: str | Path, day: str, stages: list[str] | tuple[str, ...] = S
         return EXIT_LEASE_HELD
     try:
         prepare(workspace, day, params)
-        return run_stages(workspace, day, stages)
+        code = run_stages(workspace, day, stages, runs.BY_HAND)
+        # By hand, a run that went through promote is committed here (the DAG has a task for it).
+        if code == 0 and "promote" in (stages or STAGES):
+            code = record_run(workspace, day, runs.BY_HAND)
+        return code
     finally:
         lease.release(workspace, holder)
 
 
-def run_stages(workspace: Path, day: str, stages) -> int:
+def run_stages(workspace: Path, day: str, stages, run_id: str) -> int:
     for stage in stages or STAGES:
-        code = run_stage(workspace, stage, day)
+        code = run_stage(workspace, stage, day, run_id)
         if code:
             return code
     return 0

@@ -1,14 +1,22 @@
-"""Where a run's outputs are, and what the gate decided: the last thing `make demo` prints."""
+"""Where a run's outputs are, what the gate decided and, when an earlier day is committed, how the
+day's metrics moved against it (`dvc metrics diff` of the two day tags): the last thing `make demo` prints."""
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
 from pipeline.params import load_params
-from pipeline.release import champions, lineage
+from pipeline.release import champions, lineage, runs
+from pipeline.runplan import dvc_env
+
+# What the day-against-day diff shows: the candidate's metrics and the day's data (the whole diff,
+# slices and bootstrap included, is `dvc metrics diff` itself).
+DIFF_SHOWN = {"work/evaluate/metrics.json": "candidate.", "work/validate/metrics.json": ""}
 
 OUTPUTS = (
     ("data-quality report", "work/validate/dt={day}/report.html"),
@@ -56,6 +64,28 @@ def ranking_lines(metrics: dict) -> list[str]:
     return lines
 
 
+def diff_lines(workspace: Path, day: str | None) -> list[str]:
+    """`dvc metrics diff` between the previous day's tag and this day's (pipeline/release/runs.py)."""
+    days = runs.day_tags(workspace)
+    earlier = [d for d in days if day and d < day]
+    if day not in days or not earlier:
+        return []
+    old, new = runs.day_tag(earlier[-1]), runs.day_tag(day)
+    command = ["dvc", "metrics", "diff", old, new]
+    result = subprocess.run([sys.executable, "-m", *command, "--json"], cwd=workspace, env=dvc_env(),
+                            capture_output=True, text=True)
+    if result.returncode:
+        return [f"  {' '.join(command)} failed: {' '.join(result.stderr.split())[:300]}"]
+    diff = json.loads(result.stdout or "{}")
+    lines = [f"  against {earlier[-1]} (changed values; all of them: cd {workspace} && {' '.join(command)}):"]
+    for path, prefix in DIFF_SHOWN.items():
+        for key, change in sorted((diff.get(path) or {}).items()):
+            if key.startswith(prefix) and (prefix or "." not in key) and not isinstance(change.get("new"), str):
+                moved = f" ({change['diff']:+.4g})" if isinstance(change.get("diff"), (int, float)) else ""
+                lines.append(f"    {path.split('/')[1]:9s} {key:26s} {change.get('old')} -> {change.get('new')}{moved}")
+    return lines
+
+
 def run(workspace: str | Path) -> list[str]:
     workspace = Path(workspace).resolve()
     day = last_day(workspace)
@@ -85,6 +115,9 @@ def run(workspace: str | Path) -> list[str]:
             published = None
         lines.append(f"  published to: {url}" + {True: "", False: "  (not published)", None: ""}[published])
         lines.append(f"  lineage: python -m pipeline lineage --workspace {workspace}")
+    if day in runs.day_tags(workspace):
+        lines.append(f"  committed: git -C {workspace} show {runs.day_tag(day)}")
+    lines.extend(diff_lines(workspace, day))
     return lines
 
 

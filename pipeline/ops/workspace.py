@@ -3,7 +3,8 @@
 A workspace is the DVC repository a retrain runs in (README: "Where the workspace is"): this
 project's dvc.yaml, params.yaml, .dvcignore and pipeline/ code (the stages run
 `python -m pipeline ...` there, and dvc.yaml hashes that code), a git repository with DVC
-initialised in it, and data/raw/{impressions,catalog}/ for the days (DATA_CONTRACT.md). The tests
+initialised in it and a first commit (every run adds one: pipeline/release/runs.py), and
+data/raw/{impressions,catalog}/ for the days (DATA_CONTRACT.md). The tests
 (tests/conftest.py) and the Docker deployment (docker/init-workspace.sh) build theirs with this too.
 
 Exit 0: made (or, with --force, refreshed). Exit 2: DIR is not empty and --force was not given, the
@@ -21,9 +22,27 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.release import runs
+
 PROJECT = Path(__file__).resolve().parents[2]
 COPIED = ("dvc.yaml", ".dvcignore")
 RAW_DIRS = (Path("data/raw/impressions"), Path("data/raw/catalog"))
+# Git keeps a workspace's runs (pipeline/release/runs.py): not its data, models or local state.
+GITIGNORE = """\
+# Raw logs (their hashes are in dvc.lock), the champion registry, failure events, the local remotes.
+/data/
+/registry/
+/events/
+/dvc-remote/
+/dvc-remote.git/
+# Training checkpoints, the workspace lease and its log: local state, not part of a run.
+/work/checkpoints/
+/run/lease.json
+/run/leases.jsonl
+/run/.lease.lock
+__pycache__/
+*.pyc
+"""
 
 
 class WorkspaceError(Exception):
@@ -62,9 +81,9 @@ def copy_code(source: Path, target: Path) -> None:
     os.replace(staged, target / "pipeline")
 
 
-def command(args: list[str], cwd: Path) -> None:
+def command(args: list[str], cwd: Path, env: dict | None = None) -> None:
     try:
-        result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+        result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     except OSError as exc:
         raise WorkspaceError(f"{args[0]}: cannot run ({exc})") from exc
     if result.returncode:
@@ -88,6 +107,20 @@ def fill(target: Path, source: Path, params: str | None) -> None:
     if not (target / ".dvc").exists():
         command([sys.executable, "-m", "dvc", "init", "-q"], target)
         command([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], target)
+    if not (target / ".gitignore").exists():
+        (target / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
+    if subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=target, capture_output=True).returncode:
+        first_commit(target)
+
+
+def first_commit(target: Path) -> None:
+    """The workspace as made: `dvc exp` and the run commits need a commit to start from."""
+    author = str(((yaml.safe_load((target / "params.yaml").read_text()) or {}).get("history") or {}).get("author")
+                 or "sieve")
+    command(["git", "add", "-A", "--", ".gitignore", ".dvcignore", ".dvc", "dvc.yaml", "params.yaml", "pipeline"],
+            target)
+    command(["git", "commit", "-q", "-m", "sieve: workspace made by python -m pipeline init"], target,
+            env=runs.identity(target, author))
 
 
 def init_workspace(path: str | Path, params: dict | str | Path | None = None, source: str | Path | None = None,

@@ -5,11 +5,13 @@ the gate blessed the candidate or not (a rejected run's reports matter too). It
   1. checks that the workspace's last run is that day's and is complete (dvc.lock only keeps the
      latest run, so the record has to be taken now);
   2. points the DVC remote of params.yaml (`remote.name`, `remote.url`) at its URL, in the
-     workspace's .dvc/config.local (git-ignored: the URL comes from params, not from git);
+     workspace's .dvc/config (the run commit carries it, so a clone of a tag can `dvc pull`);
   3. `dvc push` every output of dvc.lock, and DVC's run cache with `remote.run_cache`;
   4. pushes the day's raw folders with `remote.raw_data` (from a scratch DVC repo in .dvc/tmp, so the
      workspace gets no .dvc files), checking they still hash to what dvc.lock recorded;
-  5. writes the lineage record (pipeline/release/lineage.py) into the remote, last: a day is listed there
+  5. pushes the workspace's git branch and sieve/* tags (every run a commit: pipeline/release/runs.py)
+     to `remote.git_url`, so `git clone` + `dvc pull` of a day's tag gets the run back;
+  6. writes the lineage record (pipeline/release/lineage.py) into the remote, last: a day is listed there
      only once all of its objects are.
 Exit codes: 0 published, 1 the run is not complete or a push failed (nothing recorded), 2 bad
 arguments or not a DVC workspace.
@@ -159,15 +161,17 @@ def build_record(workspace: str | Path, day: str, params: dict | None = None,
     }
 
 
-def configure_remote(workspace: Path, name: str, url: str) -> None:
-    """Point the workspace's remote `name` at `url` (in .dvc/config.local), keeping its other settings."""
-    current = dvc(["config", "--local", f"remote.{name}.url"], workspace)
-    if current.returncode == 0 and current.stdout.strip() == url:
-        return
-    if current.returncode == 0:
-        checked(dvc(["remote", "modify", "--local", name, "url", url], workspace), f"dvc remote modify {name}")
-    else:
-        checked(dvc(["remote", "add", "--local", name, url], workspace), f"dvc remote add {name}")
+def configure_remote(workspace: Path, name: str, url: str, default: bool = False) -> None:
+    """Point the workspace's remote `name` at `url` in .dvc/config (and make it the default): a run
+    commit carries it, so `git clone` + `dvc pull` of a published tag finds the data. Credentials
+    belong in .dvc/config.local (git-ignored), which is left alone."""
+    current = dvc(["config", "--project", f"remote.{name}.url"], workspace)
+    if current.returncode == 0 and current.stdout.strip() != url:
+        checked(dvc(["remote", "modify", "--project", name, "url", url], workspace), f"dvc remote modify {name}")
+    elif current.returncode != 0:
+        checked(dvc(["remote", "add", "--project", name, url], workspace), f"dvc remote add {name}")
+    if default and dvc(["config", "--project", "core.remote"], workspace).stdout.strip() != name:
+        checked(dvc(["remote", "default", "--project", name], workspace), f"dvc remote default {name}")
 
 
 def push_raw(workspace: Path, name: str, raw: dict) -> None:
@@ -196,6 +200,30 @@ def push_raw(workspace: Path, name: str, raw: dict) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def push_git(workspace: Path, url: str) -> bool:
+    """Push the workspace's branch and its sieve/* tags (pipeline/release/runs.py) to the git
+    repository at `url`, a bare one made there when a local path has none. Tags are forced and
+    pruned: a rerun moves its day's tag, a day that ran through loses its rejected tag. False when
+    the workspace has no commit to push."""
+    if git(workspace, "rev-parse", "--verify", "-q", "HEAD") is None:
+        return False
+    if not lineage.is_url(url) and not (Path(url) / "HEAD").is_file():
+        Path(url).mkdir(parents=True, exist_ok=True)
+        checked(subprocess.run(["git", "init", "-q", "--bare", url], capture_output=True, text=True),
+                f"git init --bare {url}")
+    branch = git(workspace, "symbolic-ref", "--short", "-q", "HEAD")
+    if branch:
+        result = subprocess.run(["git", "push", "-q", url, f"HEAD:refs/heads/{branch}"], cwd=workspace,
+                                capture_output=True, text=True)
+        if result.returncode:
+            said = " ".join(result.stderr.split())[:300]
+            raise PublishError(f"git push of {branch} to {url} failed: {said} (does another workspace "
+                               f"publish to the same remote.git_url?)")
+    checked(subprocess.run(["git", "push", "-q", "--force", "--prune", url, "refs/tags/sieve/*:refs/tags/sieve/*"],
+                           cwd=workspace, capture_output=True, text=True), f"git push of the sieve tags to {url}")
+    return True
+
+
 def run(workspace: str | Path, day: str) -> dict:
     workspace = Path(workspace).resolve()
     params = load_params(workspace / "params.yaml")
@@ -212,6 +240,9 @@ def run(workspace: str | Path, day: str) -> dict:
     record["data"]["raw_pushed"] = bool(section.get("raw_data", True)) and bool(raw)
     if record["data"]["raw_pushed"]:
         push_raw(workspace, name, raw)
+    if section.get("git_url"):
+        git_url = lineage.resolve_url(str(section["git_url"]), workspace)
+        record["git"] = {"url": git_url, "pushed": push_git(workspace, git_url)}
     lineage.RecordStore(url).put(record)
     return record
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipeline.atomic import atomic_dir, dumps_json
+from pipeline.atomic import atomic_dir, dumps_json, write_bytes_atomic
 from pipeline.data.contract import (
     ContractError,
     parse_day,
@@ -147,6 +147,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "compare with (default: the last validate.drift.window_days days in --data)")
     parser.add_argument("--params", type=Path, default=None,
                         help="params.yaml (default: ./params.yaml when present, else built-in defaults)")
+    parser.add_argument("--metrics", type=Path, default=None,
+                        help="also write the day's metrics.json here: one path for every day, so "
+                             "`dvc metrics diff` compares days (dvc.yaml: work/validate/metrics.json)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -166,6 +169,8 @@ def main(args: argparse.Namespace) -> int:
         with contextlib.redirect_stderr(noise):
             outcome = run(args.data, args.day, args.out, params, args.window)
     except ContractError as exc:
+        if args.metrics is not None:  # an unreadable day has no metrics: none from an earlier day either
+            args.metrics.unlink(missing_ok=True)
         print(f"validate: {args.day} ERROR {one_line(exc, 2000)}", file=sys.stderr)
         sys.stderr.write(noise.getvalue())
         return 2
@@ -174,6 +179,8 @@ def main(args: argparse.Namespace) -> int:
         raise
 
     report = Path(outcome.report_dir)
+    if args.metrics is not None:
+        write_bytes_atomic(args.metrics, (report / "metrics.json").read_bytes())
     if outcome.success:
         print(outcome.headline())
     else:
