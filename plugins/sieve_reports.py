@@ -5,6 +5,12 @@ A FastAPI app mounted at ``/sieve-reports`` serves each day's validate report fo
 to every DAG run page that opens ``/sieve-reports/runs/<dag_id>/<run_id>``: that route maps the run
 to the day it processed (its data interval start, in UTC) and redirects to the day's report.html.
 
+A second tab, "Training curves", opens ``/sieve-reports/curves/runs/<dag_id>/<run_id>``: the HTML
+`dvc plots show` renders from the workspace's dvc.yaml (training curves, ROC, precision-recall,
+calibration, importance histograms), made on request in a temporary folder. The workspace holds one
+set of outputs, the latest run's: the page says which day that is, and when it is not the run's day.
+The page loads Vega from its CDN in the browser, as `dvc plots show` pages do.
+
 Every route needs read access to sieve_retrain's DAG runs (Airflow's auth manager; in the UI the
 session cookie comes along with the tab's iframe).
 
@@ -14,9 +20,13 @@ models are imported inside the handlers, not here.
 from __future__ import annotations
 
 import html
+import json
 import mimetypes
 import os
 import re
+import subprocess
+import sys
+import tempfile
 from datetime import date, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,6 +47,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 # The public path, under the api-server's [api] base_url when Airflow is served below a sub-path.
 URL_PREFIX_PATH = urlsplit(conf.get("api", "base_url", fallback="") or "/").path.rstrip("/") + URL_PREFIX
 RUN_HREF = f"{URL_PREFIX_PATH}/runs/{{DAG_ID}}/{{RUN_ID}}"
+CURVES_HREF = f"{URL_PREFIX_PATH}/curves/runs/{{DAG_ID}}/{{RUN_ID}}"
+CURVES_TIMEOUT_S = 120  # `dvc plots show` takes a few seconds; a stuck one must not hold a worker thread
 
 # Python's table misses some web-font and source-map types that the Data Docs assets use.
 CONTENT_TYPES = {
@@ -202,6 +214,40 @@ def day_file(request: Request, day: str, path: str):
                         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
 
+def outputs_day() -> str | None:
+    """The day the workspace's current outputs are from (the evaluate stage writes it), if known."""
+    try:
+        return json.loads((workspace() / "work" / "evaluate" / "metrics.json").read_text(encoding="utf-8"))["day"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def render_curves(folder: Path) -> str:
+    """The page `dvc plots show` renders for the workspace, written into `folder` and read back."""
+    result = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(folder)], cwd=workspace(),
+                            capture_output=True, text=True, check=False, timeout=CURVES_TIMEOUT_S,
+                            env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    index = folder / "index.html"
+    if result.returncode != 0 or not index.is_file():
+        raise HTTPException(500, f"dvc plots show failed in {workspace()}: "
+                                 f"{(result.stderr or result.stdout).strip()[-2000:]}")
+    return index.read_text(encoding="utf-8")
+
+
+@app.get("/curves/runs/{dag_id}/{run_id:path}", name="run_curves")
+def run_curves(dag_id: str, run_id: str):
+    if dag_id != DAG_ID:
+        raise HTTPException(404, f"only {DAG_ID} runs have training curves, not {dag_id} runs")
+    day, shown = run_day(dag_id, run_id), outputs_day()
+    note = f"Curves of the workspace's outputs, from day {shown or 'unknown'}"
+    if shown != day:
+        note += f"; this run processed {day}: its own outputs are no longer (or not yet) in the workspace"
+    with tempfile.TemporaryDirectory(prefix="sieve-curves-") as folder:
+        rendered = render_curves(Path(folder))
+    return HTMLResponse(rendered.replace("<body>", f"<body><p id='sieve-curves-note'>{html.escape(note)}.</p>", 1),
+                        headers={"Cache-Control": "no-cache"})
+
+
 class SieveReportsPlugin(AirflowPlugin):
     name = "sieve_reports"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "sieve data-quality reports"}]
@@ -211,4 +257,9 @@ class SieveReportsPlugin(AirflowPlugin):
         "href": RUN_HREF,
         "destination": "dag_run",
         "url_route": "sieve-data-quality",
+    }, {
+        "name": "Training curves",
+        "href": CURVES_HREF,
+        "destination": "dag_run",
+        "url_route": "sieve-curves",
     }]

@@ -143,9 +143,9 @@ def manual_run(dag, add_run) -> str:
     return add_run(MANUAL_RUN, run_after, (interval.start, interval.end))
 
 
-def external_view(plugins_json: dict) -> dict:
+def external_view(plugins_json: dict, name: str = "Data quality report") -> dict:
     (plugin,) = [p for p in plugins_json["plugins"] if p["name"] == "sieve_reports"]
-    (view,) = plugin["external_views"]
+    (view,) = [v for v in plugin["external_views"] if v["name"] == name]
     return view
 
 
@@ -169,6 +169,12 @@ def test_the_ui_gets_a_dag_run_tab_pointing_at_the_run_route(client):
     assert view["name"] == "Data quality report"
     assert view["url_route"]
     assert view["href"] == f"{PREFIX}/runs/{{DAG_ID}}/{{RUN_ID}}"
+
+
+def test_the_ui_gets_a_training_curves_tab_next_to_it(client):
+    view = external_view(client.get("/api/v2/plugins").json(), "Training curves")
+    assert view["destination"] == "dag_run" and view["url_route"] == "sieve-curves"
+    assert view["href"] == f"{PREFIX}/curves/runs/{{DAG_ID}}/{{RUN_ID}}"
 
 
 def test_importing_the_plugin_is_light():
@@ -361,3 +367,23 @@ def test_the_api_server_mounts_the_app(reports, manual_run, tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+# --- training curves ------------------------------------------------------------------------------
+
+def test_the_curves_tab_serves_what_dvc_plots_show_renders(client, reports, manual_run):
+    """A DVC workspace whose dvc.yaml draws one step curve; its outputs are from another day than the run's."""
+    for init in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(init, cwd=reports, check=True, capture_output=True)
+    live = reports / "work" / "train" / "live" / "plots" / "metrics"
+    live.mkdir(parents=True)
+    (live / "loss.tsv").write_text("step\tloss\n1\t0.7\n2\t0.6\n")
+    (reports / "work" / "evaluate").mkdir(parents=True)
+    (reports / "work" / "evaluate" / "metrics.json").write_text(json.dumps({"day": "2026-11-03"}))
+    (reports / "dvc.yaml").write_text("plots:\n  - work/train/live/plots/metrics/loss.tsv:\n"
+                                      "      title: train loss per step\n      x: step\n      y: loss\n")
+    page = client.get(ui_href(f"{PREFIX}/curves/runs/{{DAG_ID}}/{{RUN_ID}}", DAG_ID, manual_run))
+    assert page.status_code == 200, page.text
+    assert "train loss per step" in page.text and "vega" in page.text
+    assert "from day 2026-11-03; this run processed 2026-11-01" in page.text
+    assert client.get(f"{PREFIX}/curves/runs/other_dag/x").status_code == 404

@@ -8,6 +8,8 @@ import sys
 import textwrap
 import time
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -17,7 +19,8 @@ from test_training import completed_run, metrics, train_cmd, weights  # noqa: F4
 
 pytestmark = pytest.mark.slow
 
-OUTPUTS = {"loss.csv", "metrics.json", "model/ranker.json", "model/ranker.safetensors"}
+OUTPUTS = {"loss.csv", "metrics.json", "model/ranker.json", "model/ranker.safetensors",
+           "live/plots/metrics/loss.tsv", "live/plots/metrics/learning_rate.tsv"}
 # Small batches: enough steps for the model to learn on the tiny day, and for a kill to land mid-run.
 KNOBS = dict(batch_size=64, epochs=2, early_stopping={"patience": 0, "min_delta": 0.0})
 
@@ -73,6 +76,10 @@ def test_two_processes_write_one_model_as_good_as_one_and_reproducible(completed
     assert first["train_rows"] == single["train_rows"]
     assert first["steps"] == KNOBS["epochs"] * -(-first["train_rows"] // (2 * KNOBS["batch_size"]))
     assert single["steps"] == KNOBS["epochs"] * -(-single["train_rows"] // KNOBS["batch_size"])
+    # Rank 0 alone writes the step curve: a row per step of the global batch, byte for byte on a rerun.
+    curve = pd.read_csv(runs[0] / "live/plots/metrics/loss.tsv", sep="\t")
+    assert list(curve["step"]) == list(range(1, first["steps"] + 1)) and np.isfinite(curve["loss"]).all()
+    assert (runs[0] / "live/plots/metrics/loss.tsv").read_bytes() == (runs[1] / "live/plots/metrics/loss.tsv").read_bytes()
     a, b, c = weights(runs[0]), weights(runs[1]), weights(tmp_path / "one/train")
     for key in a:
         assert torch.equal(a[key], b[key]), key  # the same for a given number of processes

@@ -93,6 +93,10 @@ def test_a_killed_run_resumes_to_the_same_weights(completed_run, tmp_path):
     assert resumed is not None and 0 < resumed < metrics(tmp_path / "whole")["steps"]
     assert_same(weights(tmp_path / "killed"), weights(tmp_path / "whole"))
     assert metrics(tmp_path / "killed")["final_weighted_loss"] == metrics(tmp_path / "whole")["final_weighted_loss"]
+    # The step curve too: the steps before the kill come back from beside the checkpoints.
+    for curve in ("loss.tsv", "learning_rate.tsv"):
+        path = f"live/plots/metrics/{curve}"
+        assert (tmp_path / "killed" / path).read_bytes() == (tmp_path / "whole" / path).read_bytes(), curve
 
 
 def test_a_checkpoint_of_other_inputs_is_not_resumed(completed_run, tmp_path):

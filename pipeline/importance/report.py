@@ -1,6 +1,7 @@
 """The importance report of a run: how the weights are spread, which impressions count least and why
 (grouped by reason, with the evidence behind it and an event lookup), and which sessions, users and
-items look suspicious. User ids appear only pseudonymised."""
+items look suspicious. User ids appear only pseudonymised. The score and weight histograms also go to
+live/plots/custom/ as tables for `dvc plots`, so two runs' distributions can be overlaid."""
 from __future__ import annotations
 
 import hashlib
@@ -14,6 +15,7 @@ from pipeline.atomic import dumps_json
 from pipeline.data.contract import same_event_ids
 from pipeline.importance.lookup import section as lookup_section
 from pipeline.importance.reasons import evidence_columns
+from pipeline.reports import live
 from pipeline.reports.html_page import cell, page, table
 from pipeline.reports.svg_chart import histogram
 
@@ -192,9 +194,29 @@ def render(report: dict, frame: pd.DataFrame, lookup_rows: int) -> str:
     return page(f"sieve importance {report['estimator']}", body)
 
 
+def histogram_rows(values: np.ndarray, bins: int) -> list[dict]:
+    """Equal-width bins over [min, max] with the rows in each; the labels sort in bin order, so a chart
+    with the label as its category axis keeps the bins in place."""
+    counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins)
+    width = len(str(bins))
+    return [{"bin": i + 1, "label": f"{i + 1:0{width}d}: {edges[i]:.4g} to {edges[i + 1]:.4g}",
+             "lower": float(edges[i]), "upper": float(edges[i + 1]), "rows": int(count)}
+            for i, count in enumerate(counts)]
+
+
+def write_histograms(live_dir: Path, scores: pd.DataFrame, bins: int) -> None:
+    """live/plots/custom/score_histogram.json and weight_histogram.json: importance.report.histogram_bins bins."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"importance.report.histogram_bins must be a whole number >= 1, got {bins!r}")
+    for column in ("score", "weight"):
+        live.write_table(live_dir, f"{column}_histogram", histogram_rows(scores[column].to_numpy(), bins),
+                         x="rows", y="label", template="bar_horizontal")
+
+
 def write(folder: Path, scores: pd.DataFrame, impressions: pd.DataFrame, catalog: pd.DataFrame,
           estimator: str, cfg: dict) -> dict:
     report, frame = facts(scores, impressions, catalog, estimator, cfg)
     (folder / "report.json").write_text(dumps_json(report), encoding="utf-8")
     (folder / "report.html").write_text(render(report, frame, int(cfg["lookup_rows"])), encoding="utf-8")
+    write_histograms(folder / live.LIVE_DIR, scores, cfg["histogram_bins"])
     return report

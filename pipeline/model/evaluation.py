@@ -297,10 +297,10 @@ def scored_slices(scorer: Scorer, masks: dict, models: dict) -> dict:
 
 def check_config(cfg: dict) -> None:
     """Fail before any model is loaded when a knob cannot be used as written."""
-    for key in ("ndcg_k", "recall_k", "calibration_bins"):
+    for key, minimum in (("ndcg_k", 1), ("recall_k", 1), ("calibration_bins", 1), ("curve_points", 2)):
         value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"evaluate.{key} must be a whole number >= 1, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"evaluate.{key} must be a whole number >= {minimum}, got {value!r}")
     if not isinstance(cfg.get("slices"), dict):
         raise ValueError("evaluate.slices must be a mapping with by, head_query_min_requests and "
                          "new_item_history_days")

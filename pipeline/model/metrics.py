@@ -206,6 +206,40 @@ def ece(labels: np.ndarray, probabilities: np.ndarray, bins: int, weights: np.nd
 
 # --- position debiasing ---------------------------------------------------------------------------
 
+def thinned(n: int, points: int) -> np.ndarray:
+    """Indices of at most `points` of n curve points, evenly spread, the first and the last always kept."""
+    return np.unique(np.linspace(0, n - 1, min(points, n)).round().astype(int))
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray, points: int) -> list[dict]:
+    """scikit-learn's ROC curve (false and true positive rate per score threshold), thinned to at most
+    `points` of its points; empty where one class is missing. The first threshold, above every score,
+    is null (JSON has no infinity)."""
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(labels)) < 2:
+        return []
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    return [{"fpr": float(fpr[i]), "tpr": float(tpr[i]),
+             "threshold": float(thresholds[i]) if np.isfinite(thresholds[i]) else None}
+            for i in thinned(len(fpr), points)]
+
+
+def precision_recall_points(labels: np.ndarray, scores: np.ndarray, points: int) -> list[dict]:
+    """scikit-learn's precision-recall curve, recall rising, thinned to at most `points` of its points;
+    empty where one class is missing. Its last point (recall 0, precision 1) has no threshold: null."""
+    from sklearn.metrics import precision_recall_curve
+
+    if len(np.unique(labels)) < 2:
+        return []
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    thresholds = np.r_[thresholds, np.nan]
+    order = np.arange(len(recall))[::-1]
+    return [{"recall": float(recall[i]), "precision": float(precision[i]),
+             "threshold": float(thresholds[i]) if np.isfinite(thresholds[i]) else None}
+            for i in order[thinned(len(order), points)]]
+
+
 def examination_eta(position, clicked, min_rows: int, max_position: int) -> dict:
     """The exponent eta of the examination model P(examine | position p) = 1 / p ** eta, fitted as the
     least-squares slope of log CTR against log position (weighted by the rows at each position), over

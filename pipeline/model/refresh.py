@@ -158,6 +158,19 @@ def mean_window(values: list[float]) -> tuple[float | None, float | None]:
     return round(sum(values[:window]) / window, 6), round(sum(values[-window:]) / window, 6)
 
 
+def step_losses(losses: dict[str, list[float]], cfg: dict, contrastive: dict | None) -> dict[str, list]:
+    """The refresh's curves, (step, value) from step 1: the loss it minimised (the weighted sum of its
+    parts) and each part. A part the knobs turn off has no point; a day without a refresh, none at all."""
+    mlm_weight = float(cfg.get("mlm_weight", 1.0))
+    contrastive_weight = float(contrastive["weight"]) if contrastive is not None else 0.0
+    steps = max(len(losses["mlm"]), len(losses["contrastive"]))
+    mlm = losses["mlm"] or [0.0] * steps
+    pairs = losses["contrastive"] or [0.0] * steps
+    total = [mlm_weight * a + contrastive_weight * b for a, b in zip(mlm, pairs)]
+    return {name: list(enumerate(values, start=1)) for name, values in
+            (("loss", total), ("contrastive_loss", losses["contrastive"]), ("mlm_loss", losses["mlm"]))}
+
+
 def refresh_decision(recall_before: float | None, recall_after: float | None, cfg: dict) -> tuple[bool, str]:
     """(whether the refreshed encoder is used, why): only a refresh that raises held-out recall@k by at
     least pretrain.min_recall_gain is; without held-out pairs nothing shows it helps, so none is."""

@@ -9,6 +9,10 @@ the global batch's weighted mean (the importance weights apply per row). N ranks
 times fewer, N times larger steps than one: other weights than one process, the same for a given N.
 Rank 0 alone writes checkpoints (and, in the train stage, outputs); every rank resumes from them.
 Without torchrun the same code runs as a world of one, exactly as before.
+
+Given a StepLog (the train stage's; the importance estimators pass none), the loop also records every
+optimizer step's weighted training loss over the global batch and its learning rate, and keeps that
+curve beside the checkpoints, so a resumed run's curve still starts at step 1.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.atomic import read_json, write_json_atomic
 from pipeline.model.checkpoints import Checkpoints, LoopState, restore
 from pipeline.model.distributed import World, all_ranks_mean, leaders, start_distributed
 from pipeline.model.features import Features
@@ -78,6 +83,40 @@ class FitResult:
     resumed_from_step: int | None = None
 
 
+STEP_LOG_FILE = "curve.json"  # beside the step-N/ checkpoints: the step curve up to the newest of them
+
+
+@dataclass
+class StepLog:
+    """Per optimizer step (numbered from 1): the weighted mean training loss of the step's global batch
+    (under dropout, as the loop trains) and the learning rate of the first optimizer group."""
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    learning_rate: list[float] = field(default_factory=list)
+
+    def record(self, step: int, loss: float, learning_rate: float) -> None:
+        self.steps.append(step)
+        self.loss.append(loss)
+        self.learning_rate.append(learning_rate)
+
+    def save(self, store: Checkpoints, world: World) -> None:
+        """Written before the checkpoint it belongs to: a kill between the two leaves a curve that runs
+        past the newest checkpoint, which `resume` cuts back."""
+        if world.leader:
+            write_json_atomic(store.folder / STEP_LOG_FILE, {"fingerprint": store.fingerprint, "steps": self.steps,
+                                                             "loss": self.loss, "learning_rate": self.learning_rate})
+
+    def resume(self, store: Checkpoints, step: int) -> None:
+        """The curve up to `step`, the step the loop resumes after (none when it is from another run)."""
+        path = store.folder / STEP_LOG_FILE
+        saved = read_json(path) if path.is_file() else {}
+        if saved.get("fingerprint") != store.fingerprint:
+            return
+        for record in zip(saved["steps"], saved["loss"], saved["learning_rate"]):
+            if record[0] <= step:
+                self.record(*record)
+
+
 class _Gather:
     """DataLoader collate: the batch's rows with their text vectors gathered (no shared text table in
     the batch, so pinning and moving it copies only the batch)."""
@@ -112,9 +151,11 @@ def _loader(x: Features, batches: list[torch.Tensor], knobs: LoopKnobs, device: 
 
 def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: dict, seed: int, device: str,
         epochs: int, *, loss_fn, validation: tuple[Features, np.ndarray | None] | None = None,
-        checkpoint_dir: str | Path | None = None, fingerprint: str = "", progress=None) -> FitResult:
+        checkpoint_dir: str | Path | None = None, fingerprint: str = "", progress=None,
+        step_log: StepLog | None = None) -> FitResult:
     """Train `model` in place (it ends in eval mode with the best validation epoch's weights when there
-    is a validation slice). `loss_fn(model, batch)` gives per-row losses."""
+    is a validation slice). `loss_fn(model, batch)` gives per-row losses. `step_log`, when given, gets
+    every optimizer step's loss and learning rate (on every rank alike: the loss is the global batch's)."""
     knobs = LoopKnobs.from_params(cfg)
     world, device = start_distributed(device)
     generator = torch.Generator().manual_seed(seed)
@@ -139,6 +180,8 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
     resumed = store.latest() if store is not None else None
     if resumed is not None:
         state = restore(resumed, model, optimizer, generator, world)
+        if step_log is not None:
+            step_log.resume(store, state.step)
     result = FitResult(history=state.history, validation_history=state.validation_history,
                        resumed_from_step=state.step if resumed is not None else None)
     if progress is not None and state.step:
@@ -154,14 +197,17 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
             state.next_batch += 1
             if len(group) < knobs.accumulation_steps and state.next_batch * knobs.batch_size * world.size < len(x):
                 continue
-            _step(trained, on_device, w, group, knobs, device, world, optimizer, loss_fn, state)
+            step_loss = _step(trained, on_device, w, group, knobs, device, world, optimizer, loss_fn, state)
+            if step_log is not None:
+                step_log.record(state.step, all_ranks_mean(*step_loss, world, device),
+                                float(optimizer.param_groups[0]["lr"]))
             if progress is not None:
                 progress.update(sum(len(i) for i, _ in group) * world.size)
             group = []
             if knobs.max_steps is not None and state.step >= knobs.max_steps:
                 break
             if store is not None and knobs.checkpoint_every_steps and state.step % knobs.checkpoint_every_steps == 0:
-                store.save(state, model, optimizer, generator, world)
+                _checkpoint(store, state, model, optimizer, generator, world, step_log)
         state.history.append(all_ranks_mean(state.total, state.seen, world, device))
         state.epoch += 1
         state.order, state.next_batch = None, 0
@@ -178,7 +224,8 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
         if knobs.max_steps is not None and state.step >= knobs.max_steps:
             break
         if store is not None and knobs.checkpoint_every_steps:
-            store.save(state, model, optimizer, generator, world)  # epoch boundaries too: the validation state
+            # Epoch boundaries too: the validation state.
+            _checkpoint(store, state, model, optimizer, generator, world, step_log)
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
     result.steps, result.best_epoch = state.step, state.best_epoch
@@ -186,10 +233,18 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
     return result
 
 
+def _checkpoint(store: Checkpoints, state: LoopState, model, optimizer, generator: torch.Generator, world: World,
+                step_log: StepLog | None) -> None:
+    if step_log is not None:
+        step_log.save(store, world)
+    store.save(state, model, optimizer, generator, world)
+
+
 def _step(trained, data: Features, w: torch.Tensor, group: list, knobs: LoopKnobs, device: str, world: World,
-          optimizer, loss_fn, state: LoopState) -> None:
+          optimizer, loss_fn, state: LoopState) -> tuple[float, float]:
     """One optimizer step over an accumulation group of micro-batches: the gradient of the group's
-    weighted mean loss, however the rows are split into micro-batches and ranks."""
+    weighted mean loss, however the rows are split into micro-batches and ranks. Returns this rank's
+    weighted loss sum and weight sum of the step."""
     all_index = torch.cat([index for index, _ in group])
     group_w = w[all_index.to(w.device)]
     local_weight = float(group_w.sum())
@@ -202,6 +257,7 @@ def _step(trained, data: Features, w: torch.Tensor, group: list, knobs: LoopKnob
         total_weight = float(summed)
     denominator = max(total_weight, 1e-8) / world.size  # DDP averages over ranks: undo it
     optimizer.zero_grad(set_to_none=True)
+    step_total = 0.0
     for k, (index, gathered) in enumerate(group):
         batch = gathered.to(device, non_blocking=True) if gathered is not None else data.subset(index.to(device))
         batch_w = w[index.to(w.device)]
@@ -209,10 +265,13 @@ def _step(trained, data: Features, w: torch.Tensor, group: list, knobs: LoopKnob
         with (nullcontext() if sync else trained.no_sync()), knobs.autocast(device):
             loss = (loss_fn(trained, batch).float() * batch_w).sum() / denominator
         loss.backward()
-        state.total += float(loss.detach()) * denominator  # this rank's weighted loss sum
+        micro_total = float(loss.detach()) * denominator  # this rank's weighted loss sum
+        state.total += micro_total
+        step_total += micro_total
     optimizer.step()
     state.seen += local_weight
     state.step += 1
+    return step_total, local_weight
 
 
 @torch.no_grad()

@@ -1,5 +1,7 @@
 """evaluate stage: candidate and champion scored on the same held-out time slice of the day, beside
-trivial baselines; the measures themselves are pipeline/model/evaluation.py's.
+trivial baselines; the measures themselves are pipeline/model/evaluation.py's. The candidate's click
+prediction on those rows is also drawn for `dvc plots`: calibration.csv (reliability per probability
+bin) and live/plots/custom/{roc,precision_recall}.json.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pipeline.model.evaluation import (
     window_days,
 )
 from pipeline.params import load_params, stage_seed
+from pipeline.reports import live
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="candidate's encoder (pretrain output); needed for a ranker that tunes its top layers")
     parser.add_argument("--baseline", required=True, help="baseline.json naming the champion to compare with")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", required=True, help="output folder: metrics.json, calibration.csv")
+    parser.add_argument("--out", required=True,
+                        help="output folder: metrics.json, calibration.csv, live/ (ROC and precision-recall)")
     parser.add_argument("--window", default=None,
                         help="run/window.json: the earlier days new items are told by (default: every earlier "
                              "day of --data, or the last evaluate.slices.new_item_history_days)")
@@ -113,6 +117,8 @@ def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, p
         write_json_atomic(tmp / "metrics.json", result)
         m.calibration_table(impressions["clicked"].to_numpy(), candidate["p_click"],
                             cfg["calibration_bins"]).to_csv(tmp / "calibration.csv", index=False)
+        write_click_curves(tmp / live.LIVE_DIR, impressions["clicked"].to_numpy(), candidate["p_click"],
+                           cfg["curve_points"])
     overall = ranking["slices"]["overall"]
     print(f"evaluate: {day} candidate {result['candidate']}"
           + (f"; champion {result['champion_id']} {result['champion']}" if champion else "; no champion yet")
@@ -120,6 +126,13 @@ def run(data_dir, day: str, embeddings_dir, model_dir, baseline_file, out_dir, p
           + ", ".join(f"{b} {overall[b].get(scorer.primary)}" for b in trivial if overall.get(b))
           + f"; {len(masks)} slices")
     return result
+
+
+def write_click_curves(live_dir, clicked: np.ndarray, p_click: np.ndarray, points: int) -> None:
+    """The click prediction's ROC and precision-recall curves, at most `points` points each."""
+    live.write_table(live_dir, "roc", m.roc_points(clicked, p_click, points), x="fpr", y="tpr", template="simple")
+    live.write_table(live_dir, "precision_recall", m.precision_recall_points(clicked, p_click, points),
+                     x="recall", y="precision", template="simple")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """pretrain stage: refresh the text encoder on the day's corpus when it retrieves better, and embed
-the day's texts (the refresh itself: pipeline/model/refresh.py).
+the day's texts (the refresh itself: pipeline/model/refresh.py). The refresh's loss per step goes to
+live/plots/metrics/ for `dvc plots`.
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from pipeline.model.refresh import (
     refresh_decision,
     retrieval_set,
     split_texts,
+    step_losses,
     too_few_pairs,
     training_pairs,
 )
 from pipeline.params import load_params, stage_seed
+from pipeline.reports import live
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="raw data folder (DATA_CONTRACT.md layout), instead of --corpus")
     parser.add_argument("--day", help="YYYY-MM-DD, with --data")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", required=True, help="output folder: encoder/, embeddings/, metrics.json")
+    parser.add_argument("--out", required=True,
+                        help="output folder: encoder/, embeddings/, metrics.json, live/ (loss per step)")
 
 
 def run(corpus: corpus_mod.Corpus, out_dir: str | Path, params: dict) -> dict:
@@ -90,6 +94,7 @@ def run(corpus: corpus_mod.Corpus, out_dir: str | Path, params: dict) -> dict:
         tokenizer.save_pretrained(tmp / "encoder")
         embeddings.save(tmp / "embeddings", corpus.texts, vectors)
         write_json_atomic(tmp / "metrics.json", metrics)
+        live.write_step_metrics(tmp / live.LIVE_DIR, step_losses(losses, cfg, contrastive))
     print(f"pretrain: {metrics['steps']} steps in {refresh_seconds:.1f}s; held-out MLM loss "
           f"{before['mlm_loss_heldout']} -> {after['mlm_loss_heldout']}; recall@{k} "
           f"{before['recall']} -> {after['recall']} ({metrics['recall_pairs']} pairs); {decision}; "

@@ -3,9 +3,12 @@
 The training slice's last requests are held back in two parts: the very last calibrate the click
 probabilities after weighted training, the ones before them stop training early. With --checkpoints
 a run leaves resumable checkpoints there, and a killed run started again resumes from the newest
-one whose inputs match, ending with the same weights. With compute.train_processes N > 1 the command
-relaunches itself under torchrun (pipeline/model/launch.py): N ranks train with DistributedDataParallel and
-rank 0 alone writes the outputs, once every rank has finished training.
+one whose inputs match, ending with the same weights and step curve. With compute.train_processes N > 1 the
+command relaunches itself under torchrun (pipeline/model/launch.py): N ranks train with DistributedDataParallel
+and rank 0 alone writes the outputs (the curves too), once every rank has finished training.
+
+Curves for `dvc plots`: loss.csv (per epoch: weighted training and validation loss) and
+live/plots/metrics/{loss,learning_rate}.tsv (per optimizer step).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_dir, write_json_atomic
 from pipeline.model import launch
 from pipeline.params import load_params, stage_seed
+from pipeline.reports import live
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embeddings", required=True, help="embeddings folder written by pretrain")
     parser.add_argument("--weights", required=True, help="scores.parquet written by importance")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", required=True, help="output folder: model/, metrics.json, loss.csv")
+    parser.add_argument("--out", required=True,
+                        help="output folder: model/, metrics.json, loss.csv, live/ (step curves)")
     parser.add_argument("--encoder", default=None,
                         help="encoder folder written by pretrain; needed when ranker.encoder.tune_top_layers > 0")
     parser.add_argument("--checkpoints", default=None,
@@ -114,11 +119,13 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
     validation = (data.x.subset(validation_rows), all_weights[validation_mask]) if len(validation_rows) else None
     leader = int(os.environ.get("RANK", 0)) == 0
     world = int(os.environ.get("WORLD_SIZE", 1))
+    step_log = training.StepLog()
     started = time.perf_counter()
     with tqdm(total=len(rows) * cfg["epochs"], desc="train", unit="row", unit_scale=True, disable=not leader) as bar:
         result = training.fit(model, train_x, weights, cfg, seed, device, cfg["epochs"],
                               loss_fn=ranker.per_sample_loss, validation=validation, checkpoint_dir=checkpoints,
-                              fingerprint=fingerprint(day, params, train_x, weights, world), progress=bar)
+                              fingerprint=fingerprint(day, params, train_x, weights, world), progress=bar,
+                              step_log=step_log)
     # Waits for every rank: a rank that failed in training stops the command before anything is written.
     distributed.stop_distributed()
     if not leader:
@@ -139,12 +146,13 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
                "validation_loss": [round(v, 6) for v in result.validation_history],
                "calibration": {"scale": round(a, 6), "shift": round(b, 6),
                                "ece_before": _round(ece_before), "ece_after": _round(ece_after)}}
-    losses = pd.DataFrame({"epoch": range(1, len(history) + 1), "weighted_loss": history})
-    if result.validation_history:
-        losses["validation_loss"] = result.validation_history
+    # validation_loss stays a column (empty) without a validation slice: dvc.yaml's plot of loss.csv draws it.
+    losses = pd.DataFrame({"epoch": range(1, len(history) + 1), "weighted_loss": history,
+                           "validation_loss": result.validation_history or np.nan})
     with atomic_dir(out_dir) as tmp:
         ranker.save(model, tmp / "model")
         losses.to_csv(tmp / "loss.csv", index=False, float_format="%.6f")
+        write_step_curves(tmp / live.LIVE_DIR, step_log)
         write_json_atomic(tmp / "metrics.json", metrics)
     if checkpoints:
         Checkpoints(checkpoints, "").clear()  # the run is done: nothing left to resume
@@ -155,6 +163,13 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
           + f"; calibrated on {len(calibration_rows)} rows, "
           f"ECE {metrics['calibration']['ece_before']} -> {metrics['calibration']['ece_after']}")
     return metrics
+
+
+def write_step_curves(live_dir: Path, step_log) -> None:
+    """live/plots/metrics/loss.tsv and learning_rate.tsv: one row per optimizer step."""
+    live.write_step_metrics(live_dir, {
+        "loss": list(zip(step_log.steps, step_log.loss)),
+        "learning_rate": list(zip(step_log.steps, step_log.learning_rate))})
 
 
 def command_line(args: argparse.Namespace) -> list[str]:
