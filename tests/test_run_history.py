@@ -5,7 +5,6 @@ One module workspace: a copy of the session's completed day, published, then the
 published on top of it (the git history a user's workspace has after two days)."""
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import DAY, NEXT_DAY, repro, run, simulate
+
 from pipeline.data.contract import DayPaths, impression_parts
 from pipeline.release import champions, runs
 from pipeline.runplan import EXIT_DATA_REJECTED

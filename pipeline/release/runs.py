@@ -34,8 +34,8 @@ from pipeline.atomic import read_json
 from pipeline.days import parse_day
 from pipeline.params import load_params
 from pipeline.release import champions
-from pipeline.release.publish import PublishError, check_run, configure_remote
 from pipeline.release.lineage import remote_settings
+from pipeline.release.publish import PublishError, check_run, configure_remote
 
 TAG_PREFIX = "sieve"
 REJECTIONS = Path("rejections")
