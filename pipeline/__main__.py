@@ -22,6 +22,7 @@ COMMANDS = {
     "rollback": ("pipeline.release.rollback", "put the previous champion (or a named promoted model) back in service"),
     "benchmark": ("pipeline.importance.benchmark.run", "compare the importance estimators on injected noise and pick one"),
     "select": ("pipeline.ops.select", "benchmark the recent days and make the winner the retrain's estimator"),
+    "tune": ("pipeline.ops.tune", "sweep params as DVC experiments on a day, gated; promote the best blessed one"),
     "repro": ("pipeline.ops.repro", "run one DVC stage of the retrain for a given day"),
     "lease": ("pipeline.ops.lease", "show which run holds a workspace, or break a dead run's lease"),
     "summary": ("pipeline.ops.summary", "print where a run's reports, metrics and decision are"),
