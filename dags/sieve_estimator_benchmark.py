@@ -1,23 +1,57 @@
 """sieve_estimator_benchmark: weekly, which importance estimator the retrain uses.
 
-One task runs `python -m pipeline select --workspace <ws> --until <last day of the interval>`: it
-benchmarks the workspace's most recent days (benchmark.days of them, noise and rule from params),
-writes the report to work/benchmark/until=<day>/ and, when an estimator won, the selection to
-selection/estimator.json, tracked by DVC. The next sieve_retrain run reads it (importance.use_selection).
+`acquire_workspace` waits until the run holds the workspace's lease (pipeline/ops/lease.py), as the
+retrain's runs do: the Monday run starts at the same time as that day's retrain, and the benchmark
+must not run in the middle of it. `select_estimator` then runs `python -m pipeline select --workspace
+<ws> --until <last day of the interval> --holder <run id>`: the weekly benchmark stage of
+weekly/dvc.yaml through DVC over the workspace's most recent days (benchmark.days of them, noise and
+rule from params), its report in work/benchmark/until=<day>/ and, when an estimator won, the selection
+in selection/estimator.json (else the previous one stays), committed and tagged sieve/week/<day>.
+`publish_selection` pushes the week's outputs and the git tags to the remotes (`python -m pipeline
+publish --week <day>`), and `release_workspace` (a teardown) gives the lease back. The next
+sieve_retrain run reads the selection (importance.use_selection).
 """
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import CronDataIntervalTimetable, dag, task
-from sieve_tasks import KNOBS, retry_args, run_pipeline, workspace
+from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+from sieve_tasks import (
+    KNOBS,
+    acquire_workspace,
+    release_workspace,
+    retry_args,
+    run_pipeline,
+    workspace,
+)
+
+from pipeline.ops import lease
+
+
+def week_until(context) -> str:
+    """The interval's last whole day: the run at Monday 00:00 benchmarks the days up to Sunday."""
+    end = context.get("data_interval_end") or context["logical_date"]
+    return (end - timedelta(days=1)).astimezone(timezone.utc).date().isoformat()
 
 
 @task(task_id="select_estimator")
-def select_estimator(data_interval_start=None, data_interval_end=None, logical_date=None):
-    # The interval's last whole day: the run at Monday 00:00 benchmarks the days up to Sunday.
-    until = ((data_interval_end or logical_date) - timedelta(days=1)).astimezone(timezone.utc).date().isoformat()
-    run_pipeline(["select", "--workspace", workspace(), "--until", until], "select", until)
+def select_estimator():
+    context = get_current_context()
+    until = week_until(context)
+    run_pipeline(["select", "--workspace", workspace(), "--until", until, "--holder", context["run_id"]],
+                 "select", until)
+
+
+@task(task_id="publish_selection")
+def publish_selection():
+    context = get_current_context()
+    until = week_until(context)
+    try:
+        lease.check(workspace(), context["run_id"])
+    except lease.LeaseHeld as exc:
+        raise AirflowFailException(f"publish: {exc}") from exc
+    run_pipeline(["publish", "--workspace", workspace(), "--week", until], "publish", until)
 
 
 @dag(
@@ -31,7 +65,8 @@ def select_estimator(data_interval_start=None, data_interval_end=None, logical_d
     doc_md=__doc__,
 )
 def sieve_estimator_benchmark():
-    select_estimator()
+    acquire = acquire_workspace()
+    acquire >> select_estimator() >> publish_selection() >> release_workspace().as_teardown(setups=acquire)
 
 
 sieve_estimator_benchmark()

@@ -4,8 +4,8 @@ import sys
 from datetime import datetime, timezone
 
 import pytest
-
 from conftest import ROOT
+
 from pipeline.runplan import SHARD_STAGE, STAGES
 
 
@@ -107,3 +107,15 @@ def test_parsing_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert [line for line in out.stdout.splitlines() if line.startswith("HEAVY:")] == ["HEAVY:"]
+
+
+def test_the_weekly_benchmark_selects_and_publishes_inside_the_workspace_lease(bag):
+    weekly = bag.get_dag("sieve_estimator_benchmark")
+    order = [t.task_id for t in weekly.topological_sort()]
+    assert order == ["acquire_workspace", "select_estimator", "publish_selection", "release_workspace"]
+    assert weekly.get_task("select_estimator").upstream_task_ids == {"acquire_workspace"}
+    assert weekly.get_task("publish_selection").upstream_task_ids == {"select_estimator"}
+    release = weekly.get_task("release_workspace")
+    assert release.is_teardown and release.upstream_task_ids == {"publish_selection", "acquire_workspace"}
+    assert weekly.get_task("acquire_workspace").is_setup
+    assert weekly.timetable.expression == "0 0 * * 1" and weekly.catchup is False

@@ -1,12 +1,25 @@
 """The estimator selection: what the retrain resolves it to, and the weekly DAG that benchmarks the recent
-days, writes the DVC-tracked selection file, and changes the estimator the next retrain scores with."""
+days through the weekly DVC stage, writes the selection file, commits and publishes the week, and changes
+the estimator the next retrain scores with (tests/test_weekly_stage.py: the stage itself)."""
 import json
 from datetime import datetime, timezone
 
 import pytest
+import yaml
+from conftest import (
+    DAY,
+    NEXT_DAY,
+    ROOT,
+    make_workspace,
+    repro,
+    run,
+    simulate,
+    tiny_params,
+)
 
-from conftest import DAY, NEXT_DAY, ROOT, make_workspace, repro, simulate, tiny_params
 from pipeline.importance import selection
+from pipeline.ops import lease
+from pipeline.release import runs
 
 
 def write_selection(workspace, content):
@@ -69,7 +82,13 @@ def test_weekly_dag_selects_an_estimator_that_the_next_retrain_scores_with(airfl
     recoveries = {name: result["estimators"][name]["recovery"] for name in ("click_model", "position_ipw")}
     chosen = json.loads((workspace / selection.SELECTION_FILE).read_text())
     assert chosen["estimator"] == max(recoveries, key=recoveries.get) != params["importance"]["estimator"]
-    assert (workspace / "selection/estimator.json.dvc").is_file()  # tracked by DVC
+    # The stage ran through DVC, the week is a commit tagged and published, and the lease is free again.
+    lock = yaml.safe_load((workspace / selection.WEEKLY_LOCK).read_text())["stages"][selection.WEEKLY_STAGE]
+    assert [out["path"] for out in lock["outs"]] == ["work/benchmark/until=2026-11-08"]
+    assert not (workspace / "selection/estimator.json.dvc").exists()  # git keeps the selection
+    tag = runs.week_tag("2026-11-08")
+    assert run(["git", "tag", "--list", tag], workspace / "dvc-remote.git").stdout.split() == [tag]
+    assert lease.read(workspace)["holder"] is None
 
     assert repro(workspace, NEXT_DAY, "validate", "corpus", "pretrain", "importance_shard", "importance").returncode == 0
     assert json.loads((workspace / "run/estimator.json").read_text())["estimator"] == chosen["estimator"]

@@ -1,26 +1,47 @@
-"""dvc.yaml declares what each stage runs: every pipeline/ module its command can import and every
-params key that code reads, so a code or knob change reruns the stage instead of being served stale
-from the run cache (and pushed to the remote by publish). Computed statically (tests/stage_closure.py)."""
+"""dvc.yaml and weekly/dvc.yaml declare what each stage runs: every pipeline/ module its command can
+import and every params key that code reads, so a code or knob change reruns the stage instead of being
+served stale from the run cache (and pushed to the remote by publish). Computed statically
+(tests/stage_closure.py)."""
 from __future__ import annotations
 
 import ast
+import os
 
 import pytest
 import yaml
+from stage_closure import (
+    COMMAND,
+    ROOT,
+    covered,
+    import_closure,
+    key_covered,
+    module_files,
+    param_reads,
+)
 
 from pipeline.__main__ import COMMANDS
-from stage_closure import COMMAND, ROOT, covered, import_closure, key_covered, module_files, param_reads
 
 # Keys the importance command reads only when it combines shards (--combine): the shard stages score,
 # and a new weight transform or report knob must rerun the combine alone.
 COMBINE_ONLY = {"importance_shard": ("importance.report", "importance.use_selection")}
 
 MODULES = module_files()
+# The daily retrain's pipeline and the weekly benchmark's.
+PIPELINES = ("dvc.yaml", "weekly/dvc.yaml")
 
 
 def stages() -> dict[str, dict]:
-    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    return {name: stage.get("do", stage) for name, stage in declared.items()}
+    """Every stage of every pipeline file, its deps relative to the project (a stage's paths are relative to
+    its wdir); the daily retrain's by name, the others' as FILE:NAME, as DVC addresses them."""
+    found = {}
+    for pipeline in PIPELINES:
+        declared = yaml.safe_load((ROOT / pipeline).read_text(encoding="utf-8"))["stages"]
+        for name, stage in declared.items():
+            body = stage.get("do", stage)
+            wdir = (ROOT / pipeline).parent / body.get("wdir", ".")
+            deps = [os.path.relpath(os.path.normpath(wdir / dep), ROOT) for dep in body.get("deps", [])]
+            found[name if pipeline == "dvc.yaml" else f"{pipeline}:{name}"] = {**body, "deps": deps}
+    return found
 
 
 def runs_code(path) -> bool:
@@ -97,3 +118,9 @@ def test_param_reader_follows_section_aliases(tmp_path):
     assert key_covered("evaluate.bins", ["evaluate"], False)
     assert not key_covered("evaluate", ["evaluate.bins"], False)
     assert key_covered("gate", ["gate.rules"], True)
+
+
+def test_the_weekly_pipeline_is_read_with_its_stage_working_in_the_workspace():
+    weekly = stages()["weekly/dvc.yaml:benchmark"]
+    assert COMMAND.search(weekly["cmd"]).group(1) == "benchmark"
+    assert "weekly/context.yaml" in weekly["deps"] and "pipeline/importance" in weekly["deps"]

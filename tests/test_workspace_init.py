@@ -19,9 +19,15 @@ def test_a_new_folder_becomes_a_git_and_dvc_workspace(tmp_path):
     result = init(str(ws))
     assert result.returncode == 0, result.stderr
     assert f"workspace ready: {ws}" in result.stdout
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "pipeline/__main__.py", "pipeline/ops/repro.py"):
+    for name in ("dvc.yaml", "weekly/dvc.yaml", "weekly/context.yaml", "params.yaml", ".dvcignore",
+                 "pipeline/__main__.py", "pipeline/ops/repro.py"):
         assert (ws / name).read_bytes() == (ROOT / name).read_bytes(), name
     assert (ws / "data/raw/impressions").is_dir() and (ws / "data/raw/catalog").is_dir()
+    # A first commit holds all of it, and nothing is left out of git but what .gitignore names.
+    git = lambda *args: subprocess.run(["git", *args], cwd=ws, capture_output=True, text=True).stdout  # noqa: E731
+    assert git("log", "--format=%s").splitlines() == ["sieve: workspace made by python -m pipeline init"]
+    assert {"dvc.yaml", "weekly/dvc.yaml", "params.yaml", ".gitignore", "pipeline/__main__.py"} <= set(git("ls-files").split())
+    assert git("status", "--porcelain") == ""
     assert not list((ws / "pipeline").rglob("__pycache__"))
     # A git repository with DVC in it (test_obd.py runs the retrain's stages in one).
     assert subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=ws, capture_output=True,

@@ -1,12 +1,14 @@
 """The estimator the retrain uses: the weekly benchmark's selection, or params when there is none.
 
-`python -m pipeline select --workspace WS --until DAY` benchmarks the workspace's most recent days up
-to DAY (benchmark.days of them), writes the benchmark's outputs to work/benchmark/until=DAY and, when
-an estimator won, puts its selection in selection/estimator.json and tracks that file with `dvc add`.
-The benchmark picks by the recovery on benchmark.metric: NDCG@10 against the true relevance on a
-simulated log, the click AUC on a log without truth. Before each retrain, repro resolves the choice
-into run/estimator.json and run/weight_transform.json (dependencies of the importance stages), so a new
-selection rescores the next day and an unchanged one is a DVC cache hit.
+`python -m pipeline select --workspace WS --until DAY` runs the weekly benchmark as the DVC stage of
+weekly/dvc.yaml over the workspace's most recent days up to DAY (benchmark.days of them): report,
+benchmark.json and the verdict go to work/benchmark/until=DAY. When the verdict names an estimator,
+select writes it to selection/estimator.json (a small file git keeps: every run commit holds the
+selection in force); when it names none, that file stays as it was. The benchmark picks by the
+recovery on benchmark.metric: NDCG@10 against the true relevance on a simulated log, the click AUC on
+a log without truth. Before each retrain, repro resolves the choice into run/estimator.json and
+run/weight_transform.json (dependencies of the importance stages), so a new selection rescores the
+next day and an unchanged one is a DVC cache hit.
 """
 from __future__ import annotations
 
@@ -19,8 +21,22 @@ SELECTION_FILE = Path("selection") / "estimator.json"
 # weight transform (the combine's), apart, so a new transform reruns the combine only.
 RUN_FILE = Path("run") / "estimator.json"
 RUN_TRANSFORM_FILE = Path("run") / "weight_transform.json"
+# The weekly benchmark's pipeline (run by `python -m pipeline select`): its context (the week), its stage
+# (a foreach over the context's one week, named WEEK_KEY), and each week's output folder, where the
+# benchmark writes its verdict beside its report (benchmark/run.py's SELECTION_FILE).
+WEEKLY_PIPELINE = Path("weekly") / "dvc.yaml"
+WEEKLY_LOCK = Path("weekly") / "dvc.lock"
+WEEKLY_CONTEXT = Path("weekly") / "context.yaml"
+WEEK_KEY = "latest"
+WEEKLY_STAGE = f"benchmark@{WEEK_KEY}"
+VERDICT_FILE = "selection.json"
 # The knobs of params' importance section that turn scores into weights: what a selection carries.
 TRANSFORM_KEYS = ("temperature", "clip", "balance_by", "normalise", "drop_lowest_percent", "drop_sessions_percent")
+
+
+def benchmark_dir(until: str) -> Path:
+    """The weekly benchmark's output folder for the week up to `until` (relative to the workspace)."""
+    return Path("work") / "benchmark" / f"until={until}"
 
 
 def transform_of(params: dict) -> dict:

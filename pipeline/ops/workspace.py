@@ -1,7 +1,8 @@
 """`python -m pipeline init DIR`: make a workspace for your own data.
 
 A workspace is the DVC repository a retrain runs in (README: "Where the workspace is"): this
-project's dvc.yaml, params.yaml, .dvcignore and pipeline/ code (the stages run
+project's dvc.yaml, weekly/dvc.yaml (the weekly benchmark's pipeline, with its context
+weekly/context.yaml), params.yaml, .dvcignore and pipeline/ code (the stages run
 `python -m pipeline ...` there, and dvc.yaml hashes that code), a git repository with DVC
 initialised in it and a first commit (every run adds one: pipeline/release/runs.py), and
 data/raw/{impressions,catalog}/ for the days (DATA_CONTRACT.md). The tests
@@ -25,7 +26,10 @@ import yaml
 from pipeline.release import runs
 
 PROJECT = Path(__file__).resolve().parents[2]
-COPIED = ("dvc.yaml", ".dvcignore")
+COPIED = ("dvc.yaml", ".dvcignore", "weekly/dvc.yaml")
+# Copied only where missing: the weekly benchmark's context, which select rewrites every week (the
+# project's names no week, so weekly/dvc.yaml has no stage before the first select).
+COPIED_IF_MISSING = ("weekly/context.yaml",)
 RAW_DIRS = (Path("data/raw/impressions"), Path("data/raw/catalog"))
 # Git keeps a workspace's runs (pipeline/release/runs.py): not its data, models or local state.
 GITIGNORE = """\
@@ -50,7 +54,8 @@ class WorkspaceError(Exception):
 
 
 def check_source(source: Path) -> None:
-    missing = [name for name in (*COPIED, "params.yaml", "pipeline/__main__.py") if not (source / name).is_file()]
+    missing = [name for name in (*COPIED, *COPIED_IF_MISSING, "params.yaml", "pipeline/__main__.py")
+               if not (source / name).is_file()]
     if missing:
         raise WorkspaceError(f"{source} is not the sieve project (no {', '.join(missing)}); "
                              f"pass --source with the project's folder")
@@ -94,7 +99,11 @@ def command(args: list[str], cwd: Path, env: dict | None = None) -> None:
 def fill(target: Path, source: Path, params: str | None) -> None:
     """Put the project's files into `target` and make it a git + DVC repository."""
     for name in COPIED:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source / name, target / name)
+    for name in COPIED_IF_MISSING:
+        if not (target / name).exists():
+            shutil.copy(source / name, target / name)
     copy_code(source, target)
     if params is not None:
         (target / "params.yaml").write_text(params, encoding="utf-8")
@@ -117,8 +126,8 @@ def first_commit(target: Path) -> None:
     """The workspace as made: `dvc exp` and the run commits need a commit to start from."""
     author = str(((yaml.safe_load((target / "params.yaml").read_text()) or {}).get("history") or {}).get("author")
                  or "sieve")
-    command(["git", "add", "-A", "--", ".gitignore", ".dvcignore", ".dvc", "dvc.yaml", "params.yaml", "pipeline"],
-            target)
+    command(["git", "add", "-A", "--", ".gitignore", ".dvcignore", ".dvc", "dvc.yaml", "weekly", "params.yaml",
+             "pipeline"], target)
     command(["git", "commit", "-q", "-m", "sieve: workspace made by python -m pipeline init"], target,
             env=runs.identity(target, author))
 
@@ -137,7 +146,7 @@ def init_workspace(path: str | Path, params: dict | str | Path | None = None, so
     if entries and not force:
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
         raise WorkspaceError(f"{path} is not empty ({shown}); pass --force to make it a workspace anyway "
-                             f"(code, dvc.yaml and .dvcignore are replaced, data and params kept)")
+                             f"(code, dvc.yaml, weekly/dvc.yaml and .dvcignore are replaced, data and params kept)")
     if entries:
         fill(path, source, text)
         return path

@@ -15,6 +15,14 @@ the gate blessed the candidate or not (a rejected run's reports matter too). It
      only once all of its objects are.
 Exit codes: 0 published, 1 the run is not complete or a push failed (nothing recorded), 2 bad
 arguments or not a DVC workspace.
+
+`python -m pipeline publish --workspace WS --week DAY` publishes the weekly benchmark instead, after
+`python -m pipeline select --until DAY` (the benchmark DAG's publish task): it checks that
+weekly/dvc.lock is that week's (it keeps only the latest week), `dvc push`es weekly/dvc.yaml's outputs
+(the report, benchmark.json and the verdict; the run cache with `remote.run_cache`) and pushes the git
+branch and sieve/* tags (sieve/week/DAY among them) as in step 5, so `git clone` + `dvc pull` of the
+week's tag gets its report and the selection it left in force. Its raw days were published with their
+daily runs, and it writes no lineage record. Same exit codes.
 """
 from __future__ import annotations
 
@@ -29,6 +37,12 @@ import yaml
 
 from pipeline.atomic import read_json
 from pipeline.days import parse_day
+from pipeline.importance.selection import (
+    WEEKLY_LOCK,
+    WEEKLY_PIPELINE,
+    WEEKLY_STAGE,
+    benchmark_dir,
+)
 from pipeline.params import load_params
 from pipeline.release import champions, lineage
 from pipeline.runplan import dvc_env
@@ -42,7 +56,11 @@ class PublishError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=".", help="the DVC repository the run used")
-    parser.add_argument("--day", required=True, help="YYYY-MM-DD: the run to publish (the workspace's last run)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--day", help="YYYY-MM-DD: the run to publish (the workspace's last run)")
+    which.add_argument("--week", metavar="DAY",
+                       help="YYYY-MM-DD: publish the weekly benchmark of the week up to DAY instead "
+                            "(the workspace's last `select --until DAY`)")
 
 
 def dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -247,8 +265,60 @@ def run(workspace: str | Path, day: str) -> dict:
     return record
 
 
+def check_week(workspace: Path, until: str) -> dict:
+    """weekly/dvc.lock when the workspace's last weekly benchmark is the week up to `until`; else why not."""
+    lock_file = workspace / WEEKLY_LOCK
+    if not lock_file.is_file():
+        raise PublishError(f"{workspace} has no weekly benchmark ({WEEKLY_LOCK} is missing): "
+                           f"run python -m pipeline select --until {until} first")
+    lock = yaml.safe_load(lock_file.read_text()) or {}
+    outs = [out["path"] for out in ((lock.get("stages") or {}).get(WEEKLY_STAGE) or {}).get("outs", [])]
+    if benchmark_dir(until).as_posix() not in outs:
+        raise PublishError(f"{WEEKLY_LOCK} is not the week up to {until} (its outputs: {', '.join(outs) or 'none'}): "
+                           f"it keeps only the latest week, so publish right after its select (or rerun it)")
+    return lock
+
+
+def run_week(workspace: str | Path, until: str) -> dict:
+    """Push the weekly benchmark's outputs, and the git branch and tags: {week, remote, outs, git}."""
+    workspace = Path(workspace).resolve()
+    params = load_params(workspace / "params.yaml")
+    name, url = lineage.remote_settings(params, workspace)
+    section = params.get("remote") or {}
+    lock = check_week(workspace, until)
+    if not lineage.is_url(url):
+        Path(url).mkdir(parents=True, exist_ok=True)
+    configure_remote(workspace, name, url)
+    push = ["--wait-for-lock", "push", "-q", "-r", name] + (["--run-cache"] if section.get("run_cache", True) else [])
+    checked(dvc([*push, WEEKLY_PIPELINE.as_posix()], workspace), "dvc push of the weekly benchmark")
+    published = {"week": until, "remote": url, "outs": lock_outs(lock)}
+    if section.get("git_url"):
+        git_url = lineage.resolve_url(str(section["git_url"]), workspace)
+        published["git"] = {"url": git_url, "pushed": push_git(workspace, git_url)}
+    return published
+
+
+def main_week(workspace: Path, week: str) -> int:
+    try:
+        until = parse_day(week)
+        if not (workspace / ".dvc").is_dir() or not (workspace / "params.yaml").is_file():
+            raise ValueError(f"{workspace.resolve()} is not a DVC workspace with a params.yaml")
+        published = run_week(workspace, until)
+    except ValueError as exc:
+        print(f"publish: {exc}", file=sys.stderr)
+        return lineage.EXIT_USAGE
+    except PublishError as exc:
+        print(f"publish: {exc}", file=sys.stderr)
+        return lineage.EXIT_NOT_FOUND
+    print(f"publish: the weekly benchmark up to {until} -> {published['remote']}"
+          + (f", git {published['git']['url']}" if published.get("git") else ""))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     workspace = Path(args.workspace)
+    if getattr(args, "week", None):
+        return main_week(workspace, args.week)
     try:
         day = parse_day(args.day)
         if not (workspace / ".dvc").is_dir() or not (workspace / "params.yaml").is_file():

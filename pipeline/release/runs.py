@@ -12,6 +12,8 @@ Tags, one per day, moved when the day is rerun:
   sieve/rejected/YYYY-MM-DD  the day's latest run stopped by the data contract: committed with its
                              data-quality report (rejections/dt=DAY/), champion untouched; removed
                              once the day runs through
+  sieve/week/YYYY-MM-DD      the weekly estimator benchmark of the week ending that day
+                             (python -m pipeline select: commit_selection, at the end)
 A run whose stage crashed commits nothing and moves no tag.
 
 So DVC's own commands compare and fetch days: `dvc metrics diff sieve/day/A sieve/day/B`,
@@ -42,7 +44,7 @@ REJECTIONS = Path("rejections")
 # What a commit holds besides pipeline/ and the .gitignore files DVC writes beside its outputs.
 RUN_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
              "run/context.yaml", "run/window.json", "run/baseline.json", "run/estimator.json",
-             "run/weight_transform.json", "selection", "pipeline", str(REJECTIONS))
+             "run/weight_transform.json", "selection", "weekly", "pipeline", str(REJECTIONS))
 # A rejected day's data-quality report, small enough for git (data_docs and quarantines stay on disk).
 REJECTION_FILES = ("summary.json", "metrics.json", "report.json", "report.html")
 EXIT_NOT_COMMITTED = 1
@@ -220,3 +222,41 @@ def main(args: argparse.Namespace) -> int:
     if sha is not None:
         print(f"commit: {day} committed as {sha[:12]}, tagged {day_tag(day)}")
     return 0
+
+
+# The weekly benchmark (python -m pipeline select): every week a commit too, tagged sieve/week/YYYY-MM-DD,
+# the week's last day. Its trailers start with Sieve-Week, not Sieve-Day: run_commits lists days only.
+def week_tag(until: str) -> str:
+    return f"{TAG_PREFIX}/week/{until}"
+
+
+def week_message(until: str, run_id: str, fields: dict) -> str:
+    head = (f"selected {fields['Sieve-Selection']}" if fields["Sieve-Outcome"] == "selected"
+            else f"no estimator selected, the selection stays {fields['Sieve-Selection']}")
+    trailers = {"Sieve-Week": until, "Sieve-Run": run_id, **fields}
+    return f"sieve week {until}: {head}\n\n" + "\n".join(f"{key}: {value}" for key, value in trailers.items()) + "\n"
+
+
+def commit_selection(workspace: str | Path, until: str, run_id: str) -> str | None:
+    """Commit the workspace's weekly benchmark of the week up to `until` (weekly/dvc.lock and context,
+    the selection in force) and tag it; the commit's sha (None: committing is off)."""
+    from pipeline.importance import selection
+    from pipeline.release.publish import check_week
+
+    workspace = Path(workspace).resolve()
+    params = load_params(workspace / "params.yaml")
+    if not prepared(workspace, params):
+        return None
+    try:
+        check_week(workspace, until)
+    except PublishError as exc:
+        raise CommitError(str(exc)) from exc
+    verdict = read_json(workspace / selection.benchmark_dir(until) / selection.VERDICT_FILE)
+    chosen = workspace / selection.SELECTION_FILE
+    in_force = read_json(chosen).get("estimator") if chosen.is_file() else None
+    fields = {"Sieve-Outcome": "selected" if verdict.get("estimator") else "unchanged",
+              "Sieve-Selection": in_force or "none (params decide)",
+              "Sieve-Reason": " ".join(str(verdict.get("reason")).split())[:300]}
+    sha = commit(workspace, week_message(until, run_id, fields), history_settings(params)["author"])
+    git(workspace, "tag", "-f", week_tag(until), sha)
+    return sha
