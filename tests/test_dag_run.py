@@ -11,7 +11,7 @@ import pytest
 from airflow_services import Webhook
 from conftest import DAY, ROOT, make_workspace, simulate
 from pipeline.ops import events, lease, summary
-from pipeline.release import champions, runs
+from pipeline.release import champions, history
 from pipeline.data.contract import DayPaths, impression_parts
 
 pytestmark = pytest.mark.slow
@@ -61,11 +61,11 @@ def test_good_day_runs_every_stage_and_promotes(dag, monkeypatch, tmp_path):
     assert (champions.model_dir(workspace / "registry", champion) / "ranker" / "ranker.safetensors").is_file()
     # The commit task made the run a commit named after the DAG run, tagged with the day; publish
     # pushed the tag to the git remote.
-    latest = runs.run_commits(workspace)[0]
+    latest = history.run_commits(workspace)[0]
     assert latest["day"] == DAY and latest["outcome"] == "complete" and latest["run"].startswith("manual__")
     assert latest["gate"] == "BLESSED" and latest["champion"] == champion["model_id"]
-    assert git(workspace, "rev-parse", f"{runs.day_tag(DAY)}^{{commit}}") == latest["sha"]
-    assert git(workspace / "dvc-remote.git", "rev-parse", f"{runs.day_tag(DAY)}^{{commit}}") == latest["sha"]
+    assert git(workspace, "rev-parse", f"{history.day_tag(DAY)}^{{commit}}") == latest["sha"]
+    assert git(workspace / "dvc-remote.git", "rev-parse", f"{history.day_tag(DAY)}^{{commit}}") == latest["sha"]
 
 
 def test_a_day_long_before_the_first_scheduled_one_runs_its_tasks(dag, monkeypatch, tmp_path):
@@ -81,9 +81,9 @@ def test_a_day_long_before_the_first_scheduled_one_runs_its_tasks(dag, monkeypat
     assert states["commit"] == "upstream_failed"
     assert lease.read(workspace)["holder"] is None
     # Rejected, and committed so: with its data-quality report, under the rejected tag only.
-    latest = runs.run_commits(workspace)[0]
+    latest = history.run_commits(workspace)[0]
     assert (latest["day"], latest["outcome"]) == ("2019-11-24", "rejected")
-    assert git(workspace, "tag", "--list", "sieve/*").split() == [runs.rejected_tag("2019-11-24")]
+    assert git(workspace, "tag", "--list", "sieve/*").split() == [history.rejected_tag("2019-11-24")]
     assert "rejections/dt=2019-11-24/summary.json" in git(workspace, "show", "--name-only", "--format=", "HEAD")
 
 

@@ -15,7 +15,7 @@ import yaml
 from conftest import DAY, NEXT_DAY, repro, run, simulate
 
 from pipeline.data.contract import DayPaths, impression_parts
-from pipeline.release import champions, runs
+from pipeline.release import champions, history, runs
 from pipeline.runplan import EXIT_DATA_REJECTED
 
 pytestmark = pytest.mark.slow
@@ -67,16 +67,16 @@ def test_second_day_compares_against_the_first_days_champion(two_days):
 
 def test_each_day_is_a_commit_and_a_tag_naming_its_gate_decision_and_champion(two_days):
     workspace = two_days["workspace"]
-    history = runs.run_commits(workspace)
+    commits = history.run_commits(workspace)
     # The session's run of DAY, its commit again in the copy, then NEXT_DAY's run.
-    assert [(r["day"], r["outcome"], r["run"]) for r in history] == [
+    assert [(r["day"], r["outcome"], r["run"]) for r in commits] == [
         (NEXT_DAY, "complete", runs.BY_HAND), (DAY, "complete", runs.BY_HAND), (DAY, "complete", runs.BY_HAND)]
-    assert history[0]["gate"] == load(workspace / "work/gate/decision.json")["decision"]
-    assert history[1]["gate"] == two_days["first"]["decision"]["decision"]
-    assert history[0]["champion"] == champions.current(workspace / "registry")["model_id"]
-    assert history[1]["champion"] == two_days["first"]["champion"]["model_id"]
-    for day, entry in ((DAY, history[1]), (NEXT_DAY, history[0])):
-        assert git(workspace, "rev-parse", f"{runs.day_tag(day)}^{{commit}}") == entry["sha"]
+    assert commits[0]["gate"] == load(workspace / "work/gate/decision.json")["decision"]
+    assert commits[1]["gate"] == two_days["first"]["decision"]["decision"]
+    assert commits[0]["champion"] == champions.current(workspace / "registry")["model_id"]
+    assert commits[1]["champion"] == two_days["first"]["champion"]["model_id"]
+    for day, entry in ((DAY, commits[1]), (NEXT_DAY, commits[0])):
+        assert git(workspace, "rev-parse", f"{history.day_tag(day)}^{{commit}}") == entry["sha"]
         # The commit holds what the run was: dvc.lock of that day, its context, params and code.
         context = yaml.safe_load(git(workspace, "show", f"{entry['sha']}:run/context.yaml"))
         assert context["day"] == day
@@ -89,7 +89,7 @@ def test_each_day_is_a_commit_and_a_tag_naming_its_gate_decision_and_champion(tw
 
 def test_dvc_metrics_diff_between_day_tags_lines_up_both_days(two_days):
     workspace = two_days["workspace"]
-    diff = json.loads(dvc(workspace, "metrics", "diff", "--json", runs.day_tag(DAY), runs.day_tag(NEXT_DAY)))
+    diff = json.loads(dvc(workspace, "metrics", "diff", "--json", history.day_tag(DAY), history.day_tag(NEXT_DAY)))
     evaluated, validated = diff["work/evaluate/metrics.json"], diff["work/validate/metrics.json"]
     second = load(workspace / "work/evaluate/metrics.json")
     for name, value in two_days["first"]["metrics"]["candidate"].items():
@@ -104,7 +104,7 @@ def test_dvc_metrics_diff_between_day_tags_lines_up_both_days(two_days):
 def test_a_clone_of_a_day_tag_pulls_back_that_days_model_byte_for_byte(two_days, tmp_path):
     workspace, first = two_days["workspace"], two_days["first"]["champion"]
     clone = tmp_path / "clone"
-    run(["git", "clone", "-q", "--branch", runs.day_tag(DAY), str(workspace / "dvc-remote.git"), str(clone)], tmp_path)
+    run(["git", "clone", "-q", "--branch", history.day_tag(DAY), str(workspace / "dvc-remote.git"), str(clone)], tmp_path)
     dvc(clone, "pull", "-q")
     registry = champions.model_dir(workspace / "registry", first)
     for pulled, kept in (("work/train/model", "ranker"), ("work/pretrain/encoder", "encoder")):
@@ -136,13 +136,19 @@ def test_a_crashed_stage_commits_nothing_and_a_rejected_day_is_committed_with_it
     pq.write_table(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), part)
     rejected = repro(workspace, THIRD_DAY, check=False)
     assert rejected.returncode == EXIT_DATA_REJECTED, rejected.stderr
-    latest = runs.run_commits(workspace)[0]
+    latest = history.run_commits(workspace)[0]
     assert (latest["day"], latest["outcome"]) == (THIRD_DAY, "rejected") and "position" in latest["reason"]
     assert latest["champion"] == champion["model_id"] == champions.current(workspace / "registry")["model_id"]
-    assert git(workspace, "rev-parse", f"{runs.rejected_tag(THIRD_DAY)}^{{commit}}") == latest["sha"]
+    assert git(workspace, "rev-parse", f"{history.rejected_tag(THIRD_DAY)}^{{commit}}") == latest["sha"]
     assert git(workspace, "tag", "--list", f"sieve/day/{THIRD_DAY}") == ""
     kept = yaml.safe_load(git(workspace, "show", f"{latest['sha']}:rejections/dt={THIRD_DAY}/summary.json"))
     assert kept["success"] is False and kept["day"] == THIRD_DAY
+    # Lineage reads git where the remote has nothing: the rejected day was committed, never published.
+    shown = run([sys.executable, "-m", "pipeline", "lineage", "--workspace", str(workspace), "--day", THIRD_DAY],
+                workspace).stdout
+    assert f"run of {THIRD_DAY}: not published; committed as {latest['sha'][:12]} (rejected" in shown
+    chain = run([sys.executable, "-m", "pipeline", "lineage", "--workspace", str(workspace)], workspace).stdout
+    assert f"({history.day_tag(NEXT_DAY)})" in chain and f"({history.day_tag(DAY)})" in chain
     changed = set(git(workspace, "show", "--name-only", "--format=", "HEAD").split())
     assert {f"rejections/dt={THIRD_DAY}/{name}" for name in runs.REJECTION_FILES} | {"run/context.yaml"} <= changed
     assert all(not name.startswith("work/") or name.endswith(".gitignore") for name in changed), changed

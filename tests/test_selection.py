@@ -19,7 +19,7 @@ from conftest import (
 
 from pipeline.importance import selection
 from pipeline.ops import lease
-from pipeline.release import runs
+from pipeline.release import history
 
 
 def write_selection(workspace, content):
@@ -86,7 +86,7 @@ def test_weekly_dag_selects_an_estimator_that_the_next_retrain_scores_with(airfl
     lock = yaml.safe_load((workspace / selection.WEEKLY_LOCK).read_text())["stages"][selection.WEEKLY_STAGE]
     assert [out["path"] for out in lock["outs"]] == ["work/benchmark/until=2026-11-08"]
     assert not (workspace / "selection/estimator.json.dvc").exists()  # git keeps the selection
-    tag = runs.week_tag("2026-11-08")
+    tag = history.week_tag("2026-11-08")
     assert run(["git", "tag", "--list", tag], workspace / "dvc-remote.git").stdout.split() == [tag]
     assert lease.read(workspace)["holder"] is None
 

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import NEXT_DAY, run
 from pipeline.ops import tune
-from pipeline.release import champions, runs
+from pipeline.release import champions, history
 
 THRESHOLD = "gate.checks.auc_click.min_value"
 # 0.5 passes on the tiny day (as every plumbing run shows), 0.999 no tiny model reaches: one
@@ -68,7 +68,7 @@ def test_promote_takes_the_blessed_experiment_through_gate_and_promote(swept):
     assert result.returncode == 0, result.stderr
     champion = champions.current(workspace / "registry")
     assert champion["day"] == NEXT_DAY and champion["model_id"] != first["model_id"]
-    latest = runs.run_commits(workspace)[0]
+    latest = history.run_commits(workspace)[0]
     assert latest["day"] == NEXT_DAY and latest["run"].startswith("tune:") and latest["champion"] == champion["model_id"]
     committed = yaml.safe_load(git(workspace, "show", "HEAD:params.yaml"))
     assert committed["gate"]["checks"]["auc_click"]["min_value"] == 0.5

@@ -14,7 +14,7 @@ from conftest import DAY, NEXT_DAY, make_workspace, run, simulate, tiny_params
 
 from pipeline.importance import selection
 from pipeline.ops import lease
-from pipeline.release import runs
+from pipeline.release import history
 from pipeline.runplan import context_yaml
 
 WEEK = NEXT_DAY  # the week up to the second simulated day: both days are benchmarked
@@ -78,12 +78,12 @@ def test_select_runs_the_stage_through_dvc_and_commits_the_week(week):
     md5 = stage["outs"][0]["md5"]
     assert (workspace / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).is_file()
     # One commit per week, tagged, holding the lock; a week is not a day's run.
-    assert git(workspace, "rev-parse", f"{runs.week_tag(WEEK)}^{{commit}}") == git(workspace, "rev-parse", "HEAD")
+    assert git(workspace, "rev-parse", f"{history.week_tag(WEEK)}^{{commit}}") == git(workspace, "rev-parse", "HEAD")
     trailers = git(workspace, "log", "-1", "--format=%(trailers:only,unfold)")
     assert f"Sieve-Week: {WEEK}" in trailers and "Sieve-Outcome: selected" in trailers
     assert "Sieve-Selection: click_model" in trailers
-    assert "benchmark@latest" in git(workspace, "show", f"{runs.week_tag(WEEK)}:{selection.WEEKLY_LOCK.as_posix()}")
-    assert runs.run_commits(workspace) == []
+    assert "benchmark@latest" in git(workspace, "show", f"{history.week_tag(WEEK)}:{selection.WEEKLY_LOCK.as_posix()}")
+    assert history.run_commits(workspace) == []
     assert git(workspace, "status", "--porcelain") == ""
     assert lease.read(workspace)["holder"] is None
 
@@ -95,7 +95,7 @@ def test_an_unchanged_week_is_a_dvc_cache_hit(week):
     again = select(workspace)
     assert "didn't change, skipping" in again.stdout and "Running stage" not in again.stdout
     assert report.stat().st_mtime_ns == before
-    assert git(workspace, "rev-parse", f"{runs.week_tag(WEEK)}^{{commit}}") == git(workspace, "rev-parse", "HEAD")
+    assert git(workspace, "rev-parse", f"{history.week_tag(WEEK)}^{{commit}}") == git(workspace, "rev-parse", "HEAD")
 
 
 def test_select_refuses_a_workspace_another_run_holds(week):
@@ -116,7 +116,7 @@ def test_publish_week_pushes_the_outputs_and_the_tags(week):
     md5 = weekly_stage(workspace)["outs"][0]["md5"]
     assert (workspace / "dvc-remote/files/md5" / md5[:2] / md5[2:]).is_file()
     tags = run(["git", "tag", "--list", "sieve/*"], workspace / "dvc-remote.git").stdout.split()
-    assert runs.week_tag(WEEK) in tags
+    assert history.week_tag(WEEK) in tags
     other = run([sys.executable, "-m", "pipeline", "publish", "--workspace", str(workspace), "--week", DAY],
                 workspace, check=False)
     assert other.returncode == 1 and f"not the week up to {DAY}" in other.stderr

@@ -25,7 +25,7 @@ from pipeline.days import parse_day
 from pipeline.importance import selection
 from pipeline.ops import lease
 from pipeline.params import load_params
-from pipeline.release import champions, runs
+from pipeline.release import champions, history, runs
 from pipeline.runplan import (
     EXIT_DATA_REJECTED,
     EXIT_LEASE_HELD,
@@ -104,7 +104,7 @@ def record_rejection(workspace: Path, day: str, run_id: str, reason: str) -> Non
         print(f"repro: the rejected day was not committed: {exc}", file=sys.stderr)
         return
     if sha:
-        print(f"repro: {day} committed as {sha[:12]}, tagged {runs.rejected_tag(day)}", file=sys.stderr)
+        print(f"repro: {day} committed as {sha[:12]}, tagged {history.rejected_tag(day)}", file=sys.stderr)
 
 
 def record_run(workspace: Path, day: str, run_id: str) -> int:
@@ -114,7 +114,7 @@ def record_run(workspace: Path, day: str, run_id: str) -> int:
         print(f"repro: the run ran through but was not committed: {exc}", file=sys.stderr)
         return 1
     if sha:
-        print(f"repro: {day} committed as {sha[:12]}, tagged {runs.day_tag(day)}")
+        print(f"repro: {day} committed as {sha[:12]}, tagged {history.day_tag(day)}")
     return 0
 
 

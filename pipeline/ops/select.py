@@ -46,7 +46,7 @@ from pipeline.importance import selection
 from pipeline.ops import lease
 from pipeline.ops.repro import write_if_changed
 from pipeline.params import load_params
-from pipeline.release import runs
+from pipeline.release import history, runs
 from pipeline.runplan import EXIT_LEASE_HELD, context_yaml, dvc_env, shard_count
 
 RAW = Path("data") / "raw"
@@ -170,7 +170,7 @@ def record_week(workspace: Path, until: str, run_id: str) -> int:
         print(f"select: the week ran through but was not committed: {exc}", file=sys.stderr)
         return 1
     if sha:
-        print(f"select: the week up to {until} committed as {sha[:12]}, tagged {runs.week_tag(until)}")
+        print(f"select: the week up to {until} committed as {sha[:12]}, tagged {history.week_tag(until)}")
     return 0
 
 

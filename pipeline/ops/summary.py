@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.params import load_params
-from pipeline.release import champions, lineage, runs
+from pipeline.release import champions, history, lineage
 from pipeline.runplan import dvc_env
 
 # What the day-against-day diff shows: the candidate's metrics and the day's data (the whole diff,
@@ -65,12 +65,12 @@ def ranking_lines(metrics: dict) -> list[str]:
 
 
 def diff_lines(workspace: Path, day: str | None) -> list[str]:
-    """`dvc metrics diff` between the previous day's tag and this day's (pipeline/release/runs.py)."""
-    days = runs.day_tags(workspace)
+    """`dvc metrics diff` between the previous day's tag and this day's (pipeline/release/history.py)."""
+    days = history.day_tags(workspace)
     earlier = [d for d in days if day and d < day]
     if day not in days or not earlier:
         return []
-    old, new = runs.day_tag(earlier[-1]), runs.day_tag(day)
+    old, new = history.day_tag(earlier[-1]), history.day_tag(day)
     command = ["dvc", "metrics", "diff", old, new]
     result = subprocess.run([sys.executable, "-m", *command, "--json"], cwd=workspace, env=dvc_env(),
                             capture_output=True, text=True)
@@ -115,8 +115,8 @@ def run(workspace: str | Path) -> list[str]:
             published = None
         lines.append(f"  published to: {url}" + {True: "", False: "  (not published)", None: ""}[published])
         lines.append(f"  lineage: python -m pipeline lineage --workspace {workspace}")
-    if day in runs.day_tags(workspace):
-        lines.append(f"  committed: git -C {workspace} show {runs.day_tag(day)}")
+    if day in history.day_tags(workspace):
+        lines.append(f"  committed: git -C {workspace} show {history.day_tag(day)}")
     lines.extend(diff_lines(workspace, day))
     return lines
 

@@ -12,7 +12,10 @@ candidate, the gate decision and the promotion outcome, and every dvc.lock outpu
 what `python -m pipeline restore` pulls back. DVC's own objects live beside it in the same remote
 (files/md5/..., runs/...); `dvc gc --cloud` only touches those.
 
-`python -m pipeline lineage` reads the records and prints a model's chain of parent champions.
+`python -m pipeline lineage` reads the records and prints a model's chain of parent champions. Git
+backs it where git has the runs: each model's run commit is named with its day tag when the tag
+still points at it, and a day that was run and committed but never published is shown from its
+commit (pipeline/release/history.py).
 The records are read and written through DVC's filesystem for the remote URL, so any remote DVC
 can push to (a local folder, s3://, ssh://, ...) holds them too.
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from pipeline.days import parse_day
 from pipeline.params import load_params
+from pipeline.release import history
 
 PREFIX = "lineage"
 DAYS = "days"
@@ -208,11 +212,17 @@ def run(workspace: str | Path, model: str | None = None, day: str | None = None,
     registry_dir = workspace / params["registry"]["dir"]
     serving = champions.current(registry_dir)
     result: dict = {"remote": url, "champion": serving["model_id"] if serving else None}
+    tagged = history.day_tags(workspace)
     if day is not None:
         record = store.day(day)
+        committed = next((entry for entry in history.run_commits(workspace) if entry["day"] == day), None)
+        if record is None and committed is not None:  # not published, but git has the run
+            result.update(committed=committed, chain=[], unpublished=None)
+            return result
         if record is None:
             known = ", ".join(store.days()) or "none"
-            raise LineageError(f"no published record for {day} in {url} (published days: {known})")
+            raise LineageError(f"no published record for {day} in {url} (published days: {known}) and no run "
+                               f"commit for it in {workspace}'s git history")
         result["run"] = summarize(record)
         after = champion_of(record)
         result["served_after"] = after
@@ -230,6 +240,8 @@ def run(workspace: str | Path, model: str | None = None, day: str | None = None,
     result["model"] = model
     result["chain"] = [{**summarize(r), "rolled_back": champions.rolled_back(registry_dir, r["candidate"]["model_id"])}
                        for r in records]
+    for item in result["chain"]:  # the day's tag, when it still points at the run that trained the model
+        item["git_tag"] = history.day_tag(item["day"]) if tagged.get(item["day"]) == item["git_commit"] else None
     result["unpublished"] = unpublished
     return result
 
@@ -240,6 +252,10 @@ def short(value: str | None, n: int = 12) -> str:
 
 def format_text(result: dict) -> list[str]:
     lines = [f"lineage from {result['remote']} (champion now: {result['champion'] or 'none'})"]
+    if "committed" in result:
+        entry = result["committed"]
+        lines.append(f"run of {entry['day']}: not published; committed as {short(entry['sha'])} ({entry.get('outcome')}; "
+                     f"gate {entry.get('gate', 'none')}; champion {entry.get('champion')}): git show {short(entry['sha'])}")
     if "run" in result:
         run_ = result["run"]
         lines.append(f"run of {run_['day']}: candidate {run_['model_id']}, gate {run_['gate']} "
@@ -254,7 +270,8 @@ def format_text(result: dict) -> list[str]:
             f"{'  ' * i}{role} {item['model_id']}" + (f" [{', '.join(flags)}]" if flags else ""),
             f"{'  ' * i}  trained on {item['day']}; data days {', '.join(item['data_days'])}",
             f"{'  ' * i}  params {short(item['params_sha256'])}; code git {short(item['git_commit'])}"
-            f"{' (dirty)' if item['git_dirty'] else ''}, pipeline/ {short(item['pipeline_sha256'])}",
+            f"{' (dirty)' if item['git_dirty'] else ''}{' (' + item['git_tag'] + ')' if item.get('git_tag') else ''}, "
+            f"pipeline/ {short(item['pipeline_sha256'])}",
             f"{'  ' * i}  estimator {item['estimator']} ({item['estimator_source']}); gate {item['gate']}; "
             f"{'promoted' if item['promoted'] else 'not promoted: ' + str(item['promotion_reason'])}",
         ]

@@ -36,10 +36,10 @@ from pipeline.atomic import read_json
 from pipeline.days import parse_day
 from pipeline.params import load_params
 from pipeline.release import champions
+from pipeline.release.history import day_tag, rejected_tag, week_tag
 from pipeline.release.lineage import remote_settings
 from pipeline.release.publish import PublishError, check_run, configure_remote
 
-TAG_PREFIX = "sieve"
 REJECTIONS = Path("rejections")
 # What a commit holds besides pipeline/ and the .gitignore files DVC writes beside its outputs.
 RUN_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
@@ -53,14 +53,6 @@ BY_HAND = "by-hand"  # the run id of a run started with python -m pipeline repro
 
 class CommitError(Exception):
     """The run cannot be committed: not a git workspace, an unfinished run, git failed."""
-
-
-def day_tag(day: str) -> str:
-    return f"{TAG_PREFIX}/day/{day}"
-
-
-def rejected_tag(day: str) -> str:
-    return f"{TAG_PREFIX}/rejected/{day}"
 
 
 def git(workspace: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -182,29 +174,6 @@ def commit_rejected(workspace: str | Path, day: str, run_id: str, report_dir: Pa
     return sha
 
 
-def run_commits(workspace: str | Path) -> list[dict]:
-    """Every run commit, newest first: {sha, day, run, outcome, gate, champion, ...} from the trailers."""
-    workspace = Path(workspace)
-    if not (workspace / ".git").exists():
-        return []
-    log = git(workspace, "log", "--format=%H%x00%(trailers:only,unfold)%x1e", check=False)
-    runs = []
-    for entry in log.stdout.split("\x1e"):
-        sha, _, trailers = entry.strip().partition("\x00")
-        fields = dict(line.split(": ", 1) for line in trailers.splitlines() if ": " in line)
-        if "Sieve-Day" in fields:
-            runs.append({"sha": sha, **{key.removeprefix("Sieve-").lower(): value for key, value in fields.items()}})
-    return runs
-
-
-def day_tags(workspace: str | Path) -> list[str]:
-    """The days with a complete run committed (a sieve/day/ tag), oldest first."""
-    if not (Path(workspace) / ".git").exists():
-        return []
-    listed = git(Path(workspace), "tag", "--list", f"{TAG_PREFIX}/day/*", check=False).stdout.split()
-    return sorted(tag.rsplit("/", 1)[-1] for tag in listed)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=".", help="the workspace whose run to commit")
     parser.add_argument("--day", required=True, help="YYYY-MM-DD: the run's day (the workspace's last run)")
@@ -225,11 +194,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 # The weekly benchmark (python -m pipeline select): every week a commit too, tagged sieve/week/YYYY-MM-DD,
-# the week's last day. Its trailers start with Sieve-Week, not Sieve-Day: run_commits lists days only.
-def week_tag(until: str) -> str:
-    return f"{TAG_PREFIX}/week/{until}"
-
-
+# the week's last day. Its trailers start with Sieve-Week, not Sieve-Day: history.run_commits lists days only.
 def week_message(until: str, run_id: str, fields: dict) -> str:
     head = (f"selected {fields['Sieve-Selection']}" if fields["Sieve-Outcome"] == "selected"
             else f"no estimator selected, the selection stays {fields['Sieve-Selection']}")
