@@ -14,9 +14,15 @@ import yaml
 from pipeline.params import load_params
 
 STAGES = ("validate", "corpus", "pretrain", "importance_shard", "importance", "train", "evaluate", "gate", "promote")
-# One DVC stage per shard: `importance_shard@K` scores shard K of importance.shards; the bare name runs all.
+# One DVC stage per window day and shard (`importance_shard@DAY-K` in dvc.yaml). To repro and the DAG,
+# `importance_shard@K` is shard K of every day in the training window; the bare name runs all shards.
 SHARD_STAGE = "importance_shard"
 SHARDS_DIR = Path("work") / "importance_shards"
+# The per-day importance (`importance@DAY`): each window day's scores and weights, scored once per day.
+IMPORTANCE_STAGE = "importance"
+IMPORTANCE_DIR = Path("work") / "importance"
+# Stages DVC runs once per day of the training window.
+PER_DAY_STAGES = (SHARD_STAGE, IMPORTANCE_STAGE)
 SHARD_TARGET = re.compile(rf"^{SHARD_STAGE}@(\d+)$")
 # Exit code for "the day's data was rejected": retrying cannot help, unlike a crash.
 EXIT_DATA_REJECTED = 3
@@ -38,21 +44,51 @@ def shard_indices(workspace: str | Path) -> list[int]:
     return list(range(shard_count(load_params(Path(workspace) / "params.yaml"))))
 
 
-def shard_dir(index: int, count: int) -> Path:
-    return SHARDS_DIR / f"{index}-of-{count}"
+def shard_dir(day: str, index: int, count: int) -> Path:
+    return SHARDS_DIR / f"dt={day}" / f"{index}-of-{count}"
 
 
-def dvc_stage_names(count: int) -> list[str]:
-    """The names dvc.yaml gives the stages (and dvc.lock records) with `count` importance shards."""
-    return [name for stage in STAGES
-            for name in ([f"{SHARD_STAGE}@{k}" for k in range(count)] if stage == SHARD_STAGE else [stage])]
+def day_shard_name(day: str, index: int) -> str:
+    """The key of a day's shard in run/context.yaml, and so the DVC stage's name after the @."""
+    return f"{day}-{index}"
 
 
-def context_yaml(day: str, count: int) -> str:
-    shards = [{"index": k, "count": count} for k in range(count)]
-    dirs = " ".join(shard_dir(k, count).as_posix() for k in range(count))
-    return yaml.safe_dump({"day": day, "importance_shards": shards, "importance_shard_dirs": dirs},
-                          sort_keys=False)
+def dvc_targets(stage: str, window: list[str]) -> list[str]:
+    """The DVC stages a repro stage name stands for: per-day stages once per window day."""
+    shard = SHARD_TARGET.match(stage)
+    if shard:
+        return [f"{SHARD_STAGE}@{day_shard_name(day, int(shard.group(1)))}" for day in window]
+    if stage == IMPORTANCE_STAGE:
+        return [f"{IMPORTANCE_STAGE}@{day}" for day in window]
+    return [stage]
+
+
+def dvc_stage_names(count: int, window: list[str]) -> list[str]:
+    """The names dvc.yaml gives the stages (and dvc.lock records) with `count` importance shards and the
+    training window's days `window`."""
+    names = []
+    for stage in STAGES:
+        if stage == SHARD_STAGE:
+            names += [f"{SHARD_STAGE}@{day_shard_name(day, k)}" for day in window for k in range(count)]
+        else:
+            names += dvc_targets(stage, window)
+    return names
+
+
+def context_yaml(day: str, count: int, window: list[str] | None = None) -> str:
+    """run/context.yaml: the day, the training window's days (oldest first, `day` last) and the per-day
+    importance stages' items, which dvc.yaml's foreach loops read."""
+    window = list(window or [day])
+    shards = {day_shard_name(d, k): {"day": d, "index": k, "count": count} for d in window for k in range(count)}
+    days = {d: {"shard_dirs": " ".join(shard_dir(d, k, count).as_posix() for k in range(count))} for d in window}
+    return yaml.safe_dump({"day": day, "window": window, "shard_count": count, "importance_shards": shards,
+                           "importance_days": days}, sort_keys=False)
+
+
+def read_context(workspace: Path) -> dict:
+    """run/context.yaml as written by context_yaml (empty when there is none)."""
+    path = Path(workspace) / "run" / "context.yaml"
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
 
 def validate_dir(workspace: Path, day: str) -> Path:

@@ -51,7 +51,8 @@ def held_out_clicks(completed_run):
 
 
 def test_every_declared_plot_renders_with_data(shown):
-    declared = [next(iter(p)) if isinstance(p, dict) else p
+    # A plot id may name the run's day (DVC interpolates it from run/context.yaml).
+    declared = [(next(iter(p)) if isinstance(p, dict) else p).replace("${day}", DAY)
                 for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]]
     assert not shown.get("errors"), shown.get("errors")
     rendered = {key.split("::")[-1]: renders for key, renders in shown["data"].items()}
@@ -109,10 +110,10 @@ def test_roc_and_precision_recall_points_are_scikit_learns(completed_run, held_o
 
 
 def test_importance_histograms_count_every_scored_row(completed_run):
-    scores = pd.read_parquet(completed_run / "work/importance/scores.parquet")
+    scores = pd.read_parquet(completed_run / f"work/importance/dt={DAY}/scores.parquet")
     bins = params(completed_run)["importance"]["report"]["histogram_bins"]
     for column in ("score", "weight"):
-        table = load(completed_run / f"work/importance/{CUSTOM}/{column}_histogram.json")
+        table = load(completed_run / f"work/importance/dt={DAY}/{CUSTOM}/{column}_histogram.json")
         assert len(table) == bins and sum(r["rows"] for r in table) == len(scores)
         assert [r["label"] for r in table] == sorted(r["label"] for r in table)  # the chart keeps bin order
         assert table[0]["lower"] == pytest.approx(scores[column].min(), abs=1e-6)

@@ -83,7 +83,7 @@ def train(workspace: Path, name: str, data: str, params: dict) -> Path:
     out.mkdir()
     (out / "params.yaml").write_text(yaml.safe_dump(params))
     cli(workspace, "train", "--data", data, "--day", DAY, "--embeddings", "work/pretrain/embeddings",
-        "--weights", "work/importance/scores.parquet", "--params", str(out / "params.yaml"),
+        "--weights", f"work/importance/dt={DAY}/scores.parquet", "--params", str(out / "params.yaml"),
         "--out", str(out / "train"))
     return out / "train" / "model"
 

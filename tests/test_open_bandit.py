@@ -132,7 +132,7 @@ def test_the_open_bandit_sample_comes_in_by_mapping_alone_and_passes_validation(
     pretrain = json.loads((ws / "work/pretrain/metrics.json").read_text())
     assert pretrain["refresh_used"] is False and pretrain["texts"] == 80
     # The default estimator scores every row and says why each weighs what it does.
-    scores = pq.read_table(ws / "work/importance/scores.parquet").to_pandas()
+    scores = pq.read_table(ws / f"work/importance/dt={FIRST_DAY}/scores.parquet").to_pandas()
     assert len(scores) == (source.day == FIRST_DAY).sum() and scores["reason"].notna().all()
     assert scores.columns.str.startswith("evidence_").any()
     # About 5 clicks a day: the held-out slice cannot judge a ranker, and the gate says so by its knob

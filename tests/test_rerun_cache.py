@@ -18,7 +18,7 @@ def out_hashes(workspace):
 def test_rerun_is_served_from_the_run_cache(workspace):
     simulate(workspace, DAY)
     first = repro(workspace, DAY)
-    assert first.stdout.count("Running stage") == len(dvc_stage_names(1))
+    assert first.stdout.count("Running stage") == len(dvc_stage_names(1, [DAY]))
     hashes = out_hashes(workspace)
     # Start over from an empty workspace state: only DVC's cache remembers the first run.
     shutil.rmtree(workspace / "work")
@@ -27,7 +27,7 @@ def test_rerun_is_served_from_the_run_cache(workspace):
     again = repro(workspace, DAY)
 
     assert "Running stage" not in again.stdout, again.stdout
-    for stage in dvc_stage_names(1):
+    for stage in dvc_stage_names(1, [DAY]):
         assert f"Stage '{stage}' is cached - skipping run" in again.stdout, again.stdout
     assert out_hashes(workspace) == hashes
     # The registry was not touched again: one promotion only.

@@ -148,6 +148,12 @@ def test_backfill_runs_each_day_on_its_own_data_in_order(deployment):
     assert [r["day"] for r in lease.history(deployment["workspace"])][:3] == BACKFILLED
     promoted = [p["day"] for p in champions.history(deployment["workspace"] / "registry")]
     assert promoted[0] == DAYS[0]
+    # Each backfilled day trained on its own window, the days before it and itself (its commit keeps it).
+    for k, day in enumerate(BACKFILLED):
+        committed = subprocess.run(["git", "show", f"sieve/day/{day}:run/train_window.json"], check=True,
+                                   cwd=deployment["workspace"], capture_output=True, text=True)
+        window = json.loads(committed.stdout)
+        assert window["days"] == BACKFILLED[:k + 1] and window["left_out"] == [], window
 
 
 def test_concurrent_runs_take_turns_and_keep_their_own_outputs(deployment):

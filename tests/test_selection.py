@@ -92,5 +92,5 @@ def test_weekly_dag_selects_an_estimator_that_the_next_retrain_scores_with(airfl
 
     assert repro(workspace, NEXT_DAY, "validate", "corpus", "pretrain", "importance_shard", "importance").returncode == 0
     assert json.loads((workspace / "run/estimator.json").read_text())["estimator"] == chosen["estimator"]
-    metrics = json.loads((workspace / "work/importance/metrics.json").read_text())
+    metrics = json.loads((workspace / f"work/importance/dt={NEXT_DAY}/metrics.json").read_text())
     assert metrics["estimator"] == chosen["estimator"]

@@ -49,19 +49,20 @@ def sharded(tmp_path_factory):
 def test_concurrent_shard_stages_both_land_in_dvc_lock(sharded):
     workspace, outputs, _ = sharded
     for k, output in enumerate(outputs):
-        assert f"Running stage 'importance_shard@{k}'" in output, output
+        assert f"Running stage 'importance_shard@{DAY}-{k}'" in output, output
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
     for k in range(SHARDS):
-        assert lock["stages"][f"importance_shard@{k}"]["outs"][0]["path"] == f"work/importance_shards/{k}-of-{SHARDS}"
+        out = lock["stages"][f"importance_shard@{DAY}-{k}"]["outs"][0]["path"]
+        assert out == f"work/importance_shards/dt={DAY}/{k}-of-{SHARDS}"
     status = run([sys.executable, "-m", "dvc", "status", "importance_shard", "importance"], workspace)
     assert "up to date" in status.stdout, status.stdout
 
 
 def test_combined_scores_equal_an_unsharded_run(sharded, tmp_path):
     workspace, _, _ = sharded
-    combined = pd.read_parquet(workspace / "work/importance/scores.parquet")
+    combined = pd.read_parquet(workspace / f"work/importance/dt={DAY}/scores.parquet")
     run([sys.executable, "-m", "pipeline", "importance", "--data", "data/raw", "--day", DAY,
-         "--embeddings", "work/pretrain/embeddings", "--params", "params.yaml", "--out", str(tmp_path / "whole")],
+         "--params", "params.yaml", "--out", str(tmp_path / "whole")],
         workspace)
     whole = pd.read_parquet(tmp_path / "whole/scores.parquet")
     assert combined["event_id"].is_unique and len(combined) == len(whole)
@@ -71,12 +72,12 @@ def test_combined_scores_equal_an_unsharded_run(sharded, tmp_path):
 
 def test_a_new_weight_transform_reruns_the_combine_only(sharded):
     workspace, _, _ = sharded
-    before = pd.read_parquet(workspace / "work/importance/scores.parquet")
+    before = pd.read_parquet(workspace / f"work/importance/dt={DAY}/scores.parquet")
     set_params(workspace, clip=[0.5, 1.5])
     result = repro(workspace, DAY, "importance_shard", "importance")
-    assert "Running stage 'importance'" in result.stdout, result.stdout
+    assert f"Running stage 'importance@{DAY}'" in result.stdout, result.stdout
     assert "Running stage 'importance_shard" not in result.stdout, result.stdout
-    after = pd.read_parquet(workspace / "work/importance/scores.parquet")
+    after = pd.read_parquet(workspace / f"work/importance/dt={DAY}/scores.parquet")
     assert after["score"].equals(before["score"])
     assert after["weight"].max() < before["weight"].max()
 
@@ -86,9 +87,9 @@ def test_a_new_shard_count_rescores_and_drops_the_old_shards(sharded):
     set_params(workspace, shards=3)
     result = repro(workspace, DAY, "importance_shard", "importance")
     assert result.stdout.count("Running stage 'importance_shard@") == 3, result.stdout
-    folders = sorted(p.name for p in (workspace / "work/importance_shards").iterdir() if p.is_dir())
+    folders = sorted(p.name for p in (workspace / f"work/importance_shards/dt={DAY}").iterdir() if p.is_dir())
     assert folders == ["0-of-3", "1-of-3", "2-of-3"]
-    scores = pd.read_parquet(workspace / "work/importance/scores.parquet")
+    scores = pd.read_parquet(workspace / f"work/importance/dt={DAY}/scores.parquet")
     assert scores["event_id"].is_unique and scores["weight"].mean() == pytest.approx(1.0)
 
 

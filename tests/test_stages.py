@@ -20,7 +20,7 @@ def load(path):
 
 def test_dvc_recorded_every_stage_for_the_day(completed_run):
     lock = yaml.safe_load((completed_run / "dvc.lock").read_text())
-    assert set(lock["stages"]) == set(dvc_stage_names(1))
+    assert set(lock["stages"]) == set(dvc_stage_names(1, [DAY]))
     assert f"dt={DAY}" in " ".join(d["path"] for d in lock["stages"]["validate"]["deps"])
     status = run([sys.executable, "-m", "dvc", "status"], completed_run)
     assert "up to date" in status.stdout
@@ -48,7 +48,7 @@ def test_pretrain_saved_a_loadable_encoder_and_embedded_every_text(completed_run
 
 
 def test_importance_scores_and_weights_every_event(completed_run):
-    scores = pd.read_parquet(completed_run / "work/importance/scores.parquet")
+    scores = pd.read_parquet(completed_run / f"work/importance/dt={DAY}/scores.parquet")
     impressions = read_impressions(completed_run / "data/raw", DAY)
     assert sorted(scores["event_id"]) == sorted(impressions["event_id"])
     assert np.isfinite(scores["score"]).all() and (scores["weight"] > 0).all()
@@ -65,7 +65,7 @@ def test_importance_scores_and_weights_every_event(completed_run):
 
 
 def test_importance_report_summarises_and_pseudonymises(completed_run):
-    out = completed_run / "work/importance"
+    out = completed_run / f"work/importance/dt={DAY}"
     report = load(out / "report.json")
     impressions = read_impressions(completed_run / "data/raw", DAY)
     assert report["events"] == len(impressions) and report["estimator"] == "noise_mixture"

@@ -39,7 +39,7 @@ def train_params(completed_run, tmp_path, name, **train):
 def train_cmd(completed_run, params, out, checkpoints=None, launcher=()):
     cmd = [*launcher, "-m", "pipeline", "train", "--data", str(completed_run / "data/raw"), "--day", DAY,
            "--embeddings", str(completed_run / "work/pretrain/embeddings"),
-           "--weights", str(completed_run / "work/importance/scores.parquet"),
+           "--weights", str(completed_run / f"work/importance/dt={DAY}/scores.parquet"),
            "--params", str(params), "--out", str(out)]
     return cmd + (["--checkpoints", str(checkpoints)] if checkpoints else [])
 

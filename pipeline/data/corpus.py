@@ -61,8 +61,8 @@ def from_tables(impressions: pa.Table, catalog: pd.DataFrame) -> Corpus:
     return Corpus(texts, is_title, is_query, pairs)
 
 
-def day_corpus(data_dir: str | Path, day: str) -> Corpus:
-    """The corpus of one day of the raw log (DATA_CONTRACT.md layout)."""
+def _day_table(data_dir: str | Path, day: str) -> pa.Table:
+    """query (as strings), item_id and clicked of a day's impressions."""
     parts = impression_parts(DayPaths(Path(data_dir), day))
     try:
         tables = [pq.read_table(p, columns=["query", "item_id", "clicked"]) for p in parts]
@@ -72,7 +72,25 @@ def day_corpus(data_dir: str | Path, day: str) -> Corpus:
     table = pa.concat_tables(tables, promote_options="permissive")
     # A recommend-only day may store `query` as Arrow's null type, which has no string kernels.
     query = table.schema.get_field_index("query")
-    return from_tables(table.set_column(query, "query", table["query"].cast(pa.string())), read_catalog(data_dir, day))
+    return table.set_column(query, "query", table["query"].cast(pa.string()))
+
+
+def day_corpus(data_dir: str | Path, day: str) -> Corpus:
+    """The corpus of one day of the raw log (DATA_CONTRACT.md layout)."""
+    return from_tables(_day_table(data_dir, day), read_catalog(data_dir, day))
+
+
+def window_corpus(data_dir: str | Path, day: str, earlier: list[str]) -> Corpus:
+    """The day's corpus with the titles and queries of the `earlier` days added to its texts (the ranker
+    trains on their rows, so pretrain embeds their texts too); the pairs stay the day's own."""
+    corpus = day_corpus(data_dir, day)
+    titles, queries = set(corpus.titles), {t for t, flag in zip(corpus.texts, corpus.is_query) if flag}
+    for other in earlier:
+        titles |= _non_empty(pa.array(read_catalog(data_dir, other)["title"], type=pa.string()))
+        queries |= _non_empty(_day_table(data_dir, other)["query"])
+    texts = sorted(titles | queries)
+    return Corpus(texts, np.fromiter((t in titles for t in texts), dtype=bool, count=len(texts)),
+                  np.fromiter((t in queries for t in texts), dtype=bool, count=len(texts)), corpus.pairs)
 
 
 def save(directory: str | Path, corpus: Corpus) -> None:

@@ -125,3 +125,24 @@ def text_embeddings(impressions: pd.DataFrame, catalog: pd.DataFrame, embeddings
 
 def load_day(data_dir: str | Path, day: str, embeddings_dir: str | Path, params: dict) -> DayData:
     return load_log(data_dir, [day], embeddings_dir, params)
+
+
+def load_window(data_dir: str | Path, days: list[str], embeddings_dir: str | Path, params: dict) -> DayData:
+    """The training window's days (oldest first), each read and built on its own exactly as `load_day`
+    builds it (its history features read the ranker.history.days before it, as they will when the day is
+    evaluated or served), one after the other; the held-out slice is the last day's. Day by day, so the
+    peak holds one day's frames beside the window's features."""
+    table = embeddings.load(embeddings_dir)
+    frames, catalogs, parts, holdout = [], [], [], []
+    for day in days:
+        impressions, catalog = read_log(data_dir, [day], uses_extra_features(params))
+        parts.append(build_features(impressions, catalog, table, params,
+                                    logged_history(data_dir, [day], impressions, params)))
+        frames.append(impressions)
+        catalogs.append(catalog)
+        holdout.append(features.holdout_mask(impressions, params["split"]["holdout_fraction"]) if day == days[-1]
+                       else np.zeros(len(impressions), dtype=bool))
+    catalog = pd.concat(catalogs[::-1], ignore_index=True).drop_duplicates("item_id").reset_index(drop=True)
+    impressions = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return DayData(impressions, catalog, features.concat(parts) if len(parts) > 1 else parts[0],
+                   np.concatenate(holdout))

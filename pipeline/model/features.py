@@ -21,11 +21,15 @@ ID_FEATURES = ("item_id", "category", "brand")
 
 
 def holdout_mask(impressions: pd.DataFrame, holdout_fraction: float) -> np.ndarray:
-    """True for rows of the day's last requests by time: the evaluation slice. Ties break on id."""
+    """True for rows of the day's last requests by time: the evaluation slice. A request that starts at
+    the same time as the first held-out one is held out too, so every held-out request starts strictly
+    after every other (train drops the few rows of a longer request that reach into the slice)."""
     first_ts = impressions.groupby("request_id", sort=False)["ts"].min()
-    order = first_ts.reset_index().sort_values(["ts", "request_id"], kind="stable")["request_id"]
+    order = first_ts.sort_values(kind="stable")
     n_holdout = int(round(len(order) * holdout_fraction))
-    held = set(order.iloc[len(order) - n_holdout:]) if n_holdout else set()
+    if not n_holdout:
+        return np.zeros(len(impressions), dtype=bool)
+    held = order.index[order.to_numpy() >= order.iloc[len(order) - n_holdout]]
     return impressions["request_id"].isin(held).to_numpy()
 
 
@@ -133,6 +137,21 @@ class Features:
         texts = None if self.texts is None else self.texts.pin_memory()
         return Features(*(column.pin_memory() for column in self._columns()), texts=texts,
                         **self._extras(lambda t: t.pin_memory()))
+
+
+def concat(parts: list[Features]) -> Features:
+    """The rows of several Features built by `build` against the same text table, one after the other."""
+    first = parts[0]
+    for part in parts[1:]:
+        if (part.numeric_names, part.categorical_names) != (first.numeric_names, first.categorical_names):
+            raise ValueError(f"the days' f_* feature columns differ: {list(first.numeric_names + first.categorical_names)} "
+                             f"vs {list(part.numeric_names + part.categorical_names)}")
+        if part.texts is None or first.texts is None or part.texts.shape != first.texts.shape:
+            raise ValueError("concat: the parts were not built against one text table")
+    columns = [torch.cat(column) for column in zip(*(part._columns() for part in parts))]
+    return Features(*columns, texts=first.texts, ids=torch.cat([p.ids for p in parts]),
+                    numeric=torch.cat([p.numeric for p in parts]), categorical=torch.cat([p.categorical for p in parts]),
+                    numeric_names=first.numeric_names, categorical_names=first.categorical_names)
 
 
 def item_titles(impressions: pd.DataFrame, catalog: pd.DataFrame) -> list[str]:

@@ -1,7 +1,10 @@
 """Run the retrain's DVC stages for one day: the command every Airflow task calls.
 
 Before `dvc repro` it writes the run's context into the workspace:
-  run/context.yaml   the day and the importance shards, which dvc.yaml interpolates into paths and commands
+  run/context.yaml   the day, the training window's days and the importance shards, which dvc.yaml
+                     interpolates into paths and commands (its per-day stages loop over the window)
+  run/train_window.json  the training window: its days, their content hashes, the days left out and why
+                     (pipeline/data/window.py)
   run/window.json    the earlier days (and their content hashes) that drift is measured against
   run/baseline.json  the champion that served before that day (what evaluate and gate compare with)
   run/estimator.json, run/weight_transform.json  the importance estimator and weight transform
@@ -29,6 +32,7 @@ from pipeline.release import champions, history, runs
 from pipeline.runplan import (
     EXIT_DATA_REJECTED,
     EXIT_LEASE_HELD,
+    IMPORTANCE_DIR,
     REJECTION_PREFIX,
     SHARD_STAGE,
     SHARD_TARGET,
@@ -36,7 +40,9 @@ from pipeline.runplan import (
     STAGES,
     context_yaml,
     dvc_env,
+    dvc_targets,
     missing_inputs,
+    read_context,
     shard_count,
     shard_dir,
     validate_dir,
@@ -54,14 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "without it the command takes the lease itself for its own duration")
 
 
-def prune_stale_shards(workspace: Path, count: int) -> None:
-    """Shard folders of another shard count (DVC keeps them in its cache) would sit in the combine
-    stage's input folder: remove them so it holds this plan's shards only."""
-    keep = {shard_dir(k, count).name for k in range(count)}
-    folder = workspace / SHARDS_DIR
-    for path in folder.iterdir() if folder.is_dir() else ():
-        if path.is_dir() and path.name not in keep:
-            shutil.rmtree(path, ignore_errors=True)
+def prune_stale_outputs(workspace: Path, count: int, window: list[str]) -> None:
+    """Per-day importance outputs of days outside the window, and shard folders of another shard count
+    (DVC keeps both in its cache, and restores them when a backfill needs them again), would sit in the
+    folders the combine and train stages read: remove them so those hold this run's outputs only."""
+    shards = {shard_dir(day, k, count) for day in window for k in range(count)}
+    keep = shards | {p.parent for p in shards} | {IMPORTANCE_DIR / f"dt={day}" for day in window}
+    for folder in (SHARDS_DIR, IMPORTANCE_DIR, *{p.parent for p in shards}):
+        for path in sorted((workspace / folder).iterdir()) if (workspace / folder).is_dir() else ():
+            if path.relative_to(workspace) not in keep and not path.name.startswith("."):  # .gitignore stays
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def write_if_changed(path: Path, content: str) -> None:
@@ -71,10 +79,15 @@ def write_if_changed(path: Path, content: str) -> None:
 
 def prepare(workspace: Path, day: str, params: dict) -> None:
     from pipeline.data import drift  # pandas: not at import time, the DAG file imports this module
+    from pipeline.data import window as training_window
 
     count = shard_count(params)
-    write_if_changed(workspace / "run" / "context.yaml", context_yaml(day, count))
-    prune_stale_shards(workspace, count)
+    train_window = training_window.manifest(workspace / "data" / "raw", workspace / "work" / "validate", day,
+                                            training_window.window_days(params))
+    write_if_changed(workspace / "run" / "train_window.json", dumps_json(train_window))
+    write_if_changed(workspace / "run" / "context.yaml", context_yaml(day, count, train_window["days"]))
+    prune_stale_outputs(workspace, count, train_window["days"])
+    print(f"repro: {training_window.describe(train_window)}", file=sys.stderr)
     window = int((params["validate"].get("drift") or {}).get("window_days", 0))
     write_if_changed(workspace / "run" / "window.json",
                      dumps_json(drift.window_manifest(workspace / "data" / "raw", day, window)))
@@ -127,7 +140,8 @@ def run_stage(workspace: Path, stage: str, day: str, run_id: str = runs.BY_HAND)
         # A stale verdict must not be mistaken for today's.
         (validate_dir(workspace, day) / "summary.json").unlink(missing_ok=True)
     # --wait-for-lock: the shard stages of one run go side by side and take turns at DVC's lock.
-    result = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
+    targets = dvc_targets(stage, read_context(workspace).get("window") or [day])
+    result = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", *targets],
                             cwd=workspace, env=dvc_env())
     if result.returncode == 0:
         return 0

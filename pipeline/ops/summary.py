@@ -21,8 +21,8 @@ DIFF_SHOWN = {"work/evaluate/metrics.json": "candidate.", "work/validate/metrics
 OUTPUTS = (
     ("data-quality report", "work/validate/dt={day}/report.html"),
     ("data-quality Data Docs (GX)", "work/validate/dt={day}/data_docs/index.html"),
-    ("importance scores and weights", "work/importance/scores.parquet"),
-    ("importance report", "work/importance/report.html"),
+    ("importance scores and weights", "work/importance/dt={day}/scores.parquet"),
+    ("importance report", "work/importance/dt={day}/report.html"),
     ("text corpus", "work/corpus/texts.parquet"),
     ("encoder refresh metrics", "work/pretrain/metrics.json"),
     ("training metrics", "work/train/metrics.json"),

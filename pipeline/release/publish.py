@@ -123,9 +123,9 @@ def check_run(workspace: Path, day: str) -> dict:
                            f"the latest run, so publish right after the day's run (or rerun {day})")
     lock = yaml.safe_load(lock_file.read_text())
     stages = lock.get("stages", {})
-    count = len(context.get("importance_shards") or [])
     from pipeline.runplan import dvc_stage_names
-    missing = [name for name in dvc_stage_names(count) if name not in stages]
+    names = dvc_stage_names(context.get("shard_count") or 1, context.get("window") or [day])
+    missing = [name for name in names if name not in stages]
     if missing:
         raise PublishError(f"dvc.lock lacks stage(s) {', '.join(missing)}: the run of {day} did not finish")
     if not any(out["path"].startswith(f"work/validate/dt={day}/") for out in stages["validate"].get("outs", [])):

@@ -43,7 +43,7 @@ from pipeline.release.publish import PublishError, check_run, configure_remote
 REJECTIONS = Path("rejections")
 # What a commit holds besides pipeline/ and the .gitignore files DVC writes beside its outputs.
 RUN_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
-             "run/context.yaml", "run/window.json", "run/baseline.json", "run/estimator.json",
+             "run/context.yaml", "run/train_window.json", "run/window.json", "run/baseline.json", "run/estimator.json",
              "run/weight_transform.json", "selection", "weekly", "pipeline", str(REJECTIONS))
 # A rejected day's data-quality report, small enough for git (data_docs and quarantines stay on disk).
 REJECTION_FILES = ("summary.json", "metrics.json", "report.json", "report.html")

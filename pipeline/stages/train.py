@@ -1,6 +1,9 @@
-"""train stage: fit the ranker on the day's training slice with the importance weights.
+"""train stage: fit the ranker on the training window with each day's importance weights.
 
-The training slice's last requests are held back in two parts: the very last calibrate the click
+The window (run/train_window.json, pipeline/data/window.py) is the day and the earlier days that passed
+validation; the fitted rows are every row of the earlier days and the day's rows before its held-out
+last requests, which evaluate scores: every evaluated row is later than every fitted row. The training
+slice's last requests are held back in two parts: the very last calibrate the click
 probabilities after weighted training, the ones before them stop training early. With --checkpoints
 a run leaves resumable checkpoints there, and a killed run started again resumes from the newest
 one whose inputs match, ending with the same weights and step curve. With compute.train_processes N > 1 the
@@ -33,7 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="raw data folder (DATA_CONTRACT.md layout)")
     parser.add_argument("--day", required=True, help="YYYY-MM-DD")
     parser.add_argument("--embeddings", required=True, help="embeddings folder written by pretrain")
-    parser.add_argument("--weights", required=True, help="scores.parquet written by importance")
+    parser.add_argument("--weights", required=True,
+                        help="the importance folder (dt=DAY/scores.parquet for each window day), or one "
+                             "scores.parquet for a window of the day alone")
+    parser.add_argument("--window", default=None,
+                        help="run/train_window.json: the days trained on (default: the day alone)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", required=True,
                         help="output folder: model/, metrics.json, loss.csv, live/ (step curves)")
@@ -43,12 +50,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for resumable checkpoints (kept until the run succeeds; default: none)")
 
 
-def aligned_weights(event_ids: pd.Series, weights_file: str | Path):
-    table = pd.read_parquet(weights_file, columns=["event_id", "weight"])
+def weight_files(weights: str | Path, days: list[str]) -> list[Path]:
+    """Each window day's scores.parquet under the importance folder (or the one file given)."""
+    weights = Path(weights)
+    if weights.is_file():
+        if len(days) > 1:
+            raise ValueError(f"{weights}: one scores file for a window of {len(days)} days; give the importance "
+                             "folder (dt=DAY/scores.parquet for each day)")
+        return [weights]
+    files = [weights / f"dt={day}" / "scores.parquet" for day in days]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"no importance scores for window day(s): {', '.join(missing)}")
+    return files
+
+
+def aligned_weights(event_ids: pd.Series, files: list[Path]):
+    table = pd.concat([pd.read_parquet(f, columns=["event_id", "weight"]) for f in files], ignore_index=True)
     weights = event_ids.to_frame().merge(table, on="event_id", how="left", validate="one_to_one")["weight"]
     if weights.isna().any():
-        raise ValueError(f"{weights_file}: no weight for {int(weights.isna().sum())} training events, "
-                         f"e.g. {event_ids[weights.isna().to_numpy()].iloc[0]}")
+        raise ValueError(f"{', '.join(map(str, files))}: no weight for {int(weights.isna().sum())} training "
+                         f"events, e.g. {event_ids[weights.isna().to_numpy()].iloc[0]}")
     return weights.to_numpy()
 
 
@@ -81,12 +103,28 @@ def split_training_slice(in_train, cfg: dict):
     return ~(calibration | validation), validation, calibration
 
 
-def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict, checkpoints=None,
-        encoder_dir=None) -> dict:
+def fitted_rows(data) -> tuple[np.ndarray, int]:
+    """The rows trained on: those outside the held-out slice that are strictly earlier than its first
+    row (a request reaching into the slice loses its later rows), and how many were dropped so."""
+    ts = pd.to_datetime(data.impressions["ts"], utc=True).to_numpy()
+    rows = data.train_index
+    if not data.holdout.any():
+        return rows, 0
+    earlier = ts[rows] < ts[data.holdout].min()
+    return rows[earlier], int((~earlier).sum())
+
+
+def iso(value) -> str:
+    return pd.Timestamp(value).tz_convert("UTC").isoformat()
+
+
+def run(data_dir, day: str, embeddings_dir, weights, out_dir, params: dict, checkpoints=None,
+        encoder_dir=None, window: dict | None = None) -> dict:
     from pipeline.compute import setup
+    from pipeline.data.window import describe, earlier_days
     from pipeline.model import distributed, embeddings, ranker, text_tower, training
     from pipeline.model.checkpoints import Checkpoints
-    from pipeline.model.dataset import load_day
+    from pipeline.model.dataset import load_window
     from pipeline.model.metrics import ece
 
     cfg = params["train"]
@@ -94,13 +132,16 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
     if launch.launched():
         launch.exit_on_sigterm()
     device = setup(params, seed)
-    data = load_day(data_dir, day, embeddings_dir, params)
-    in_train = data.impressions.iloc[data.train_index].reset_index(drop=True)
+    window = window or {"day": day, "window_days": 1, "days": [day], "left_out": []}
+    days = [*earlier_days(window, day), day]
+    data = load_window(data_dir, days, embeddings_dir, params)
+    trained, straddling = fitted_rows(data)
+    in_train = data.impressions.iloc[trained].reset_index(drop=True)
     fit_mask, validation_mask, calibration_mask = split_training_slice(in_train, cfg)
-    rows = data.train_index[fit_mask]
-    validation_rows, calibration_rows = data.train_index[validation_mask], data.train_index[calibration_mask]
-    all_weights = aligned_weights(data.impressions["event_id"].iloc[data.train_index].reset_index(drop=True),
-                                  weights_file)
+    rows = trained[fit_mask]
+    validation_rows, calibration_rows = trained[validation_mask], trained[calibration_mask]
+    all_weights = aligned_weights(data.impressions["event_id"].iloc[trained].reset_index(drop=True),
+                                  weight_files(weights, days))
     weights = all_weights[fit_mask]
     tower = None
     layers = text_tower.tuned_layers(params)
@@ -138,7 +179,14 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
     ece_after = ece(calibration_x.click.numpy(), ranker.predict(model, calibration_x, device, True)["p_click"],
                     params["evaluate"]["calibration_bins"])
     seconds = time.perf_counter() - started
-    metrics = {"device": device, "world_size": world, "epochs": len(history), "steps": result.steps,
+    ts = pd.to_datetime(data.impressions["ts"], utc=True)
+    per_day = data.impressions["ts"].iloc[trained].astype(str).str[:10].value_counts()
+    metrics = {"window": {"days": days, "left_out": window.get("left_out", []),
+                          "rows_by_day": {d: int(per_day.get(d, 0)) for d in days},
+                          "trained_until": iso(ts.iloc[trained].max()),
+                          "evaluated_from": iso(ts[data.holdout].min()) if data.holdout.any() else None,
+                          "rows_dropped_at_the_evaluation_cut": straddling},
+               "device": device, "world_size": world, "epochs": len(history), "steps": result.steps,
                "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                "resumed_from_step": result.resumed_from_step, "train_rows": int(len(rows)),
                "validation_rows": int(len(validation_rows)), "calibration_rows": int(len(calibration_rows)),
@@ -156,6 +204,7 @@ def run(data_dir, day: str, embeddings_dir, weights_file, out_dir, params: dict,
         write_json_atomic(tmp / "metrics.json", metrics)
     if checkpoints:
         Checkpoints(checkpoints, "").clear()  # the run is done: nothing left to resume
+    print(f"train: {describe(window)}")
     print(f"train: {day} {len(rows)} rows x {len(history)} epochs ({result.steps} steps) on {device} in "
           f"{seconds:.1f}s, weighted loss {history[0]:.4f} -> {history[-1]:.4f}"
           + (f", best validation epoch {result.best_epoch}" if result.best_epoch else "")
@@ -176,7 +225,7 @@ def command_line(args: argparse.Namespace) -> list[str]:
     """This command's arguments again, for the ranks torchrun starts."""
     argv = ["train", "--data", args.data, "--day", args.day, "--embeddings", args.embeddings,
             "--weights", args.weights, "--params", args.params, "--out", args.out]
-    for flag, value in (("--encoder", args.encoder), ("--checkpoints", args.checkpoints)):
+    for flag, value in (("--encoder", args.encoder), ("--checkpoints", args.checkpoints), ("--window", args.window)):
         if value is not None:
             argv += [flag, value]
     return argv
@@ -187,5 +236,8 @@ def main(args: argparse.Namespace) -> int:
     processes = launch.processes(params)
     if processes > 1 and not launch.launched():
         launch.exec_torchrun(processes, command_line(args))  # does not return
-    run(args.data, args.day, args.embeddings, args.weights, args.out, params, args.checkpoints, args.encoder)
+    from pipeline.data.window import read
+
+    window = read(args.window) if args.window else None
+    run(args.data, args.day, args.embeddings, args.weights, args.out, params, args.checkpoints, args.encoder, window)
     return 0

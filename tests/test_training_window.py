@@ -1,0 +1,170 @@
+"""The training window: the ranker trains on the day and the earlier days that passed validation (a
+rejected day is left out and listed), each day's importance is scored once and reused, every evaluated
+row is later than every trained row, and a new estimator rescores the window's days through DVC and
+nothing else."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import DAY, make_workspace, repro, run, simulate, tiny_params
+
+from pipeline.data import window
+from pipeline.data.contract import DayPaths, impression_parts
+from pipeline.model import dataset
+from pipeline.model.features import holdout_mask
+from pipeline.runplan import EXIT_DATA_REJECTED
+
+REJECTED, THIRD = "2026-11-02", "2026-11-03"
+
+
+def write_day(raw, day: str) -> None:
+    (raw / "impressions" / f"dt={day}").mkdir(parents=True)
+    (raw / "impressions" / f"dt={day}" / "part-0.parquet").write_bytes(day.encode())
+    (raw / "catalog" / f"dt={day}").mkdir(parents=True)
+    (raw / "catalog" / f"dt={day}" / "catalog.parquet").write_bytes(b"catalog " + day.encode())
+
+
+def passed(validate_root, day: str, success: bool = True) -> None:
+    (validate_root / f"dt={day}").mkdir(parents=True)
+    (validate_root / f"dt={day}" / "summary.json").write_text(json.dumps({"success": success}))
+
+
+def test_the_window_keeps_validated_days_and_lists_every_gap(tmp_path):
+    raw, checked = tmp_path / "raw", tmp_path / "validate"
+    for day in ("2026-11-01", "2026-11-02", "2026-11-03", "2026-11-05", "2026-11-06"):
+        write_day(raw, day)
+    passed(checked, "2026-11-01")
+    passed(checked, "2026-11-02", success=False)
+    passed(checked, "2026-11-05")  # 2026-11-03 never validated, 2026-11-04 never landed
+    manifest = window.manifest(raw, checked, "2026-11-06", 7)
+    assert manifest["days"] == ["2026-11-01", "2026-11-05", "2026-11-06"]
+    # Days before the log's first day are no gap; the others are listed with their reason.
+    assert manifest["left_out"] == [{"day": "2026-11-02", "reason": window.REJECTED},
+                                    {"day": "2026-11-03", "reason": window.NOT_VALIDATED},
+                                    {"day": "2026-11-04", "reason": window.NO_DATA}]
+    assert window.manifest(raw, checked, "2026-11-06", 2)["days"] == ["2026-11-05", "2026-11-06"]
+    assert window.manifest(raw, checked, "2026-11-06", 1) == {
+        "day": "2026-11-06", "window_days": 1, "days": ["2026-11-06"], "earlier": [], "left_out": []}
+    # An earlier day rewritten changes the manifest (and so reruns what reads the window).
+    before = window.manifest(raw, checked, "2026-11-06", 7)["earlier"]
+    (raw / "catalog" / "dt=2026-11-05" / "catalog.parquet").write_bytes(b"rewritten")
+    after = window.manifest(raw, checked, "2026-11-06", 7)["earlier"]
+    assert [e["day"] for e in after] == [e["day"] for e in before] and after[1] != before[1] and after[0] == before[0]
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "7"])
+def test_a_nonsense_window_is_refused_by_name(value):
+    with pytest.raises(ValueError, match="train.window_days"):
+        window.window_days({"train": {"window_days": value}})
+
+
+def test_requests_sharing_the_cut_time_are_held_out_together():
+    ts = pd.to_datetime(["2026-11-01 10:00", "2026-11-01 11:00", "2026-11-01 12:00", "2026-11-01 12:00",
+                         "2026-11-01 13:00"], utc=True)
+    frame = pd.DataFrame({"request_id": ["a", "b", "c", "d", "e"], "ts": ts})
+    # Two of five requests held out by count; c starts with d, so it goes with d and e.
+    held = holdout_mask(frame, 0.4)
+    assert held.tolist() == [False, False, True, True, True]
+    assert frame["ts"][held].min() > frame["ts"][~held].max()
+
+
+def test_a_window_of_one_day_is_that_day_as_load_day_builds_it(completed_run):
+    params = yaml.safe_load((completed_run / "params.yaml").read_text())
+    args = (completed_run / "data/raw", DAY, completed_run / "work/pretrain/embeddings", params)
+    one, alone = dataset.load_window(args[0], [DAY], *args[2:]), dataset.load_day(*args)
+    assert np.array_equal(one.holdout, alone.holdout)
+    for column in ("dense", "position", "click", "ids"):
+        assert np.array_equal(getattr(one.x, column).numpy(), getattr(alone.x, column).numpy()), column
+    assert np.array_equal(one.x.text_indices[0].numpy(), alone.x.text_indices[0].numpy())
+
+
+def read_day(workspace, day: str) -> pd.DataFrame:
+    parts = impression_parts(DayPaths(workspace / "data/raw", day))
+    return pd.concat([pq.read_table(p, columns=["request_id", "ts"]).to_pandas() for p in parts], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def windowed(tmp_path_factory):
+    """Three tiny days run one after the other; the second breaks the data contract."""
+    params = tiny_params()
+    params["train"]["window_days"] = 3
+    workspace = make_workspace(tmp_path_factory.mktemp("window") / "ws", params)
+    simulate(workspace, DAY, days=3)
+    part = impression_parts(DayPaths(workspace / "data/raw", REJECTED))[0]
+    table = pq.read_table(part)
+    frame = table.to_pandas()
+    frame.loc[:4, "position"] = -1
+    pq.write_table(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), part)
+    first = repro(workspace, DAY)
+    scored_first = (workspace / f"work/importance/dt={DAY}/scores.parquet").read_bytes()
+    rejected = repro(workspace, REJECTED, check=False)
+    assert rejected.returncode == EXIT_DATA_REJECTED, rejected.stderr
+    third = repro(workspace, THIRD)
+    return {"workspace": workspace, "first": first, "third": third, "scored_first": scored_first}
+
+
+def test_a_rejected_day_is_left_out_of_the_window_and_listed(windowed):
+    workspace = windowed["workspace"]
+    metrics = json.loads((workspace / "work/train/metrics.json").read_text())
+    assert metrics["window"]["days"] == [DAY, THIRD]
+    assert metrics["window"]["left_out"] == [{"day": REJECTED, "reason": window.REJECTED}]
+    assert f"left out {REJECTED} (rejected by validate)" in windowed["third"].stderr
+    # Every row of the first day was trained on (the fit, validation and calibration slices together).
+    assert metrics["window"]["rows_by_day"][DAY] == len(read_day(workspace, DAY))
+    assert metrics["train_rows"] + metrics["validation_rows"] + metrics["calibration_rows"] == sum(
+        metrics["window"]["rows_by_day"].values())
+
+
+def test_every_evaluated_row_is_later_than_every_trained_row(windowed):
+    workspace = windowed["workspace"]
+    trained = json.loads((workspace / "work/train/metrics.json").read_text())["window"]
+    evaluated = json.loads((workspace / "work/evaluate/metrics.json").read_text())
+    cut = pd.Timestamp(trained["evaluated_from"])
+    assert pd.Timestamp(trained["trained_until"]) < cut
+    # From the raw log: the third day's rows before the cut are the trained ones, the rest were evaluated.
+    third = read_day(workspace, THIRD)
+    ts = pd.to_datetime(third["ts"], utc=True)
+    assert trained["rows_by_day"][THIRD] == int((ts < cut).sum())
+    assert evaluated["rows"] == int((ts >= cut).sum()) > 0
+    assert ts[ts >= cut].min() == cut
+
+
+def test_each_day_is_scored_once_and_reused(windowed):
+    workspace, third = windowed["workspace"], windowed["third"]
+    assert f"Running stage 'importance@{DAY}'" in windowed["first"].stdout
+    assert f"Running stage 'importance@{THIRD}'" in third.stdout
+    assert f"Running stage 'importance@{DAY}'" not in third.stdout, third.stdout
+    assert f"Running stage 'importance_shard@{DAY}-0'" not in third.stdout
+    assert (workspace / f"work/importance/dt={DAY}/scores.parquet").read_bytes() == windowed["scored_first"]
+    # The rejected day was never scored, and its folder is not among the window's.
+    assert sorted(p.name for p in (workspace / "work/importance").iterdir() if p.is_dir()) == [
+        f"dt={DAY}", f"dt={THIRD}"]
+
+
+def test_a_new_estimator_rescores_the_window_through_dvc_and_nothing_else(windowed):
+    workspace = windowed["workspace"]
+    lock_before = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["importance"]["estimator"] = "position_ipw"
+    params["importance"]["use_selection"] = False
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = repro(workspace, THIRD, "importance_shard", "importance")
+    ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {f"importance_shard@{DAY}-0", f"importance_shard@{THIRD}-0", f"importance@{DAY}",
+                   f"importance@{THIRD}"}, result.stdout
+    for day in (DAY, THIRD):
+        metrics = json.loads((workspace / f"work/importance/dt={day}/metrics.json").read_text())
+        assert metrics["estimator"] == "position_ipw"
+    lock_after = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    for stage in ("validate", "corpus", "pretrain"):
+        assert lock_after[stage] == lock_before[stage], stage
+    # What is left to run is the training on the new weights (and, once it has run, what follows it).
+    status = run([sys.executable, "-m", "dvc", "status", "--json"], workspace)
+    assert set(json.loads(status.stdout)) == {"train"}, status.stdout
