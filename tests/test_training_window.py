@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from conftest import DAY, make_workspace, repro, run, simulate, tiny_params
 
@@ -146,6 +147,44 @@ def test_each_day_is_scored_once_and_reused(windowed):
     # The rejected day was never scored, and its folder is not among the window's.
     assert sorted(p.name for p in (workspace / "work/importance").iterdir() if p.is_dir()) == [
         f"dt={DAY}", f"dt={THIRD}"]
+
+
+def warm_train(workspace, out, **changes) -> dict:
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["train"].update(warm_start=True)
+    for section, knobs in changes.items():
+        params[section].update(knobs)
+    (out / "params.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([sys.executable, "-m", "pipeline", "train", "--data", "data/raw", "--day", THIRD,
+         "--window", "run/train_window.json", "--embeddings", "work/pretrain/embeddings",
+         "--encoder", "work/pretrain/encoder", "--weights", "work/importance", "--baseline", "run/baseline.json",
+         "--params", str(out / "params.yaml"), "--out", str(out / "train")], workspace)
+    return json.loads((out / "train/metrics.json").read_text())
+
+
+def test_a_warm_start_begins_at_the_champion_and_fits_the_newer_days(windowed, tmp_path):
+    from pipeline.model import ranker
+    from pipeline.release import champions
+
+    workspace = windowed["workspace"]
+    champion = json.loads((workspace / "run/baseline.json").read_text())["champion"]
+    assert champion["day"] == DAY  # the rejected day promoted nothing
+    # A learning rate of 0: whatever the fit does, the weights stay where they started.
+    metrics = warm_train(workspace, tmp_path / "warm", train={"learning_rate": 0.0, "weight_decay": 0.0})
+    assert metrics["warm_start"]["from"] == champion["model_id"]
+    assert metrics["window"]["days"] == [DAY, THIRD] and metrics["window"]["fitted_days"] == [THIRD]
+    assert list(metrics["window"]["rows_by_day"]) == [THIRD]
+    started = ranker.load(champions.model_dir(workspace / "registry", champion) / "ranker").state_dict()
+    fitted = ranker.load(tmp_path / "warm/train/model").state_dict()
+    assert set(fitted) == set(started)
+    for name, tensor in started.items():
+        if name != "click_calibration":  # recalibrated on the day's calibration rows
+            assert torch.equal(fitted[name], tensor), name
+    # Another architecture cannot start from it: the whole window from scratch, and the reason.
+    cold = warm_train(workspace, tmp_path / "cold", ranker={"hidden": 16})
+    assert cold["warm_start"]["from"] is None and "differs in hidden" in cold["warm_start"]["note"]
+    assert cold["window"]["fitted_days"] == [DAY, THIRD]
 
 
 def test_a_new_estimator_rescores_the_window_through_dvc_and_nothing_else(windowed):

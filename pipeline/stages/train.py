@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True,
                         help="the importance folder (dt=DAY/scores.parquet for each window day), or one "
                              "scores.parquet for a window of the day alone")
+    parser.add_argument("--baseline", default=None,
+                        help="run/baseline.json: the champion a warm start (train.warm_start) starts from")
     parser.add_argument("--window", default=None,
                         help="run/train_window.json: the days trained on (default: the day alone)")
     parser.add_argument("--params", default="params.yaml")
@@ -118,8 +120,43 @@ def iso(value) -> str:
     return pd.Timestamp(value).tz_convert("UTC").isoformat()
 
 
-def run(data_dir, day: str, embeddings_dir, weights, out_dir, params: dict, checkpoints=None,
-        encoder_dir=None, window: dict | None = None) -> dict:
+def warm_start_plan(cfg: dict, days: list[str], champion: dict | None) -> tuple[list[str], dict | None, str]:
+    """(days to fit, champion to start from or None, what was decided): with train.warm_start the
+    candidate starts from the champion's weights and fits the window's days newer than the champion's."""
+    if not cfg.get("warm_start"):
+        return days, None, "off: trained from scratch on the window"
+    if champion is None:
+        return days, None, "no champion yet: trained from scratch on the window"
+    newer = [d for d in days if d > champion["day"]]
+    if not newer:
+        return days, None, (f"the champion {champion['model_id']} was trained on {champion['day']}, not before "
+                            f"the window's last day: trained from scratch on the window")
+    return newer, champion, f"started from {champion['model_id']}, fitted on {', '.join(newer)}"
+
+
+def adopt(model, champion_ranker: Path) -> str | None:
+    """The champion's weights into `model` (its calibration left at the identity: train recalibrates);
+    None when adopted, else why not."""
+    from dataclasses import asdict
+
+    from pipeline.model import ranker
+
+    try:
+        prior = ranker.load(champion_ranker)
+    except (OSError, ValueError, TypeError) as exc:
+        return f"the champion's ranker cannot be read ({exc})"
+    if asdict(prior.config) != asdict(model.config):
+        differ = sorted(k for k, v in asdict(model.config).items() if asdict(prior.config).get(k) != v)
+        return f"the champion's ranker differs in {', '.join(differ)}"
+    state = prior.state_dict()
+    state["click_calibration"] = model.state_dict()["click_calibration"]
+    model.load_state_dict(state)
+    return None
+
+
+def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dict, checkpoints=None,
+        encoder_dir=None, window: dict | None = None, champion: dict | None = None,
+        warm_note: str | None = None) -> dict:
     from pipeline.compute import setup
     from pipeline.data.window import describe, earlier_days
     from pipeline.model import distributed, embeddings, ranker, text_tower, training
@@ -133,7 +170,9 @@ def run(data_dir, day: str, embeddings_dir, weights, out_dir, params: dict, chec
         launch.exit_on_sigterm()
     device = setup(params, seed)
     window = window or {"day": day, "window_days": 1, "days": [day], "left_out": []}
-    days = [*earlier_days(window, day), day]
+    window_days = [*earlier_days(window, day), day]
+    days, start_from, warm_start = warm_start_plan(cfg, window_days, champion)
+    warm_start = warm_note or warm_start
     data = load_window(data_dir, days, embeddings_dir, params)
     trained, straddling = fitted_rows(data)
     in_train = data.impressions.iloc[trained].reset_index(drop=True)
@@ -141,7 +180,7 @@ def run(data_dir, day: str, embeddings_dir, weights, out_dir, params: dict, chec
     rows = trained[fit_mask]
     validation_rows, calibration_rows = trained[validation_mask], trained[calibration_mask]
     all_weights = aligned_weights(data.impressions["event_id"].iloc[trained].reset_index(drop=True),
-                                  weight_files(weights, days))
+                                  weight_files(weights_source, days))
     weights = all_weights[fit_mask]
     tower = None
     layers = text_tower.tuned_layers(params)
@@ -157,6 +196,15 @@ def run(data_dir, day: str, embeddings_dir, weights, out_dir, params: dict, chec
         tower = text_tower.TextTower.from_encoder(encoder, layers)
     train_x = data.x.subset(rows)  # after the tower's states are attached: the subset carries them
     model = ranker.new_model(data.x.text_dim, params["ranker"], seed, train_x, tower=tower, weights=weights)
+    if start_from is not None:
+        from pipeline.release.champions import model_dir
+
+        refused = adopt(model, model_dir(params["registry"]["dir"], start_from) / "ranker")
+        if refused:  # the whole window from scratch instead, saying why
+            cold = {**params, "train": {**cfg, "warm_start": False}}
+            return run(data_dir, day, embeddings_dir, weights_source, out_dir, cold, checkpoints, encoder_dir,
+                       window, None, f"not started from {start_from['model_id']}: {refused}; "
+                       "trained from scratch on the window")
     validation = (data.x.subset(validation_rows), all_weights[validation_mask]) if len(validation_rows) else None
     leader = int(os.environ.get("RANK", 0)) == 0
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -181,11 +229,12 @@ def run(data_dir, day: str, embeddings_dir, weights, out_dir, params: dict, chec
     seconds = time.perf_counter() - started
     ts = pd.to_datetime(data.impressions["ts"], utc=True)
     per_day = data.impressions["ts"].iloc[trained].astype(str).str[:10].value_counts()
-    metrics = {"window": {"days": days, "left_out": window.get("left_out", []),
+    metrics = {"window": {"days": window_days, "fitted_days": days, "left_out": window.get("left_out", []),
                           "rows_by_day": {d: int(per_day.get(d, 0)) for d in days},
                           "trained_until": iso(ts.iloc[trained].max()),
                           "evaluated_from": iso(ts[data.holdout].min()) if data.holdout.any() else None,
                           "rows_dropped_at_the_evaluation_cut": straddling},
+               "warm_start": {"from": None if start_from is None else start_from["model_id"], "note": warm_start},
                "device": device, "world_size": world, "epochs": len(history), "steps": result.steps,
                "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                "resumed_from_step": result.resumed_from_step, "train_rows": int(len(rows)),
@@ -204,7 +253,7 @@ def run(data_dir, day: str, embeddings_dir, weights, out_dir, params: dict, chec
         write_json_atomic(tmp / "metrics.json", metrics)
     if checkpoints:
         Checkpoints(checkpoints, "").clear()  # the run is done: nothing left to resume
-    print(f"train: {describe(window)}")
+    print(f"train: {describe(window)}; warm start: {warm_start}")
     print(f"train: {day} {len(rows)} rows x {len(history)} epochs ({result.steps} steps) on {device} in "
           f"{seconds:.1f}s, weighted loss {history[0]:.4f} -> {history[-1]:.4f}"
           + (f", best validation epoch {result.best_epoch}" if result.best_epoch else "")
@@ -225,7 +274,8 @@ def command_line(args: argparse.Namespace) -> list[str]:
     """This command's arguments again, for the ranks torchrun starts."""
     argv = ["train", "--data", args.data, "--day", args.day, "--embeddings", args.embeddings,
             "--weights", args.weights, "--params", args.params, "--out", args.out]
-    for flag, value in (("--encoder", args.encoder), ("--checkpoints", args.checkpoints), ("--window", args.window)):
+    for flag, value in (("--encoder", args.encoder), ("--checkpoints", args.checkpoints), ("--window", args.window),
+                        ("--baseline", args.baseline)):
         if value is not None:
             argv += [flag, value]
     return argv
@@ -236,8 +286,11 @@ def main(args: argparse.Namespace) -> int:
     processes = launch.processes(params)
     if processes > 1 and not launch.launched():
         launch.exec_torchrun(processes, command_line(args))  # does not return
+    from pipeline.atomic import read_json
     from pipeline.data.window import read
 
     window = read(args.window) if args.window else None
-    run(args.data, args.day, args.embeddings, args.weights, args.out, params, args.checkpoints, args.encoder, window)
+    champion = read_json(args.baseline)["champion"] if args.baseline else None
+    run(args.data, args.day, args.embeddings, args.weights, args.out, params, args.checkpoints, args.encoder, window,
+        champion)
     return 0

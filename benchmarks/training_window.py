@@ -1,0 +1,135 @@
+"""The champion history trained on a window of days against one day, judged by next-day ranking quality.
+
+    python benchmarks/training_window.py [--days 14] [--windows 1,7] [--impressions N] [--work DIR]
+        [--out benchmarks/results/training_window.json]
+
+Simulates `--days` default days once, then for each window size makes a workspace of its own
+(`python -m pipeline init`, the same raw days) and runs every day through the whole retrain with
+`python -m pipeline repro --day D`, one day after the other, as the DAG and a backfill do. Each day's
+evaluate metrics score, on that day's held-out last requests and with the simulator's true relevance
+as the gain (ndcg_at_10_true):
+  - the champion serving when the day arrived (trained on the days before it): next-day quality;
+  - the day's candidate (trained on the window ending at the day, evaluated on later rows);
+  - the random and logging-order baselines on the same rows.
+Both workspaces see the same days and the same held-out rows, so the rows of a day line up.
+Prints one table (a row per day) and the means, with the seconds each run took, and writes them as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST_DAY = "2026-11-01"
+PRIMARY = "ndcg_at_10_true"
+
+
+def pipeline(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True,
+                            text=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"python -m pipeline {' '.join(args)} failed:\n"
+                         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def workspace_for(work: Path, name: str, params: dict, raw: Path) -> Path:
+    path = work / name
+    params_file = work / f"{name}.params.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    pipeline(["init", str(path), "--params", str(params_file), "--force"], ROOT)
+    shutil.rmtree(path / "data" / "raw", ignore_errors=True)
+    shutil.copytree(raw, path / "data" / "raw")
+    return path
+
+
+def day_record(workspace: Path, day: str, seconds: float, code: int) -> dict:
+    record = {"day": day, "exit": code, "seconds": round(seconds, 1)}
+    if code != 0:
+        return record
+    evaluated = json.loads((workspace / "work/evaluate/metrics.json").read_text())
+    trained = json.loads((workspace / "work/train/metrics.json").read_text())
+    decision = json.loads((workspace / "work/gate/decision.json").read_text())
+    overall = evaluated["ranking"]["slices"]["overall"]
+    record.update({
+        "champion": (overall.get("champion") or {}).get(PRIMARY),
+        "candidate": (overall.get("candidate") or {}).get(PRIMARY),
+        "random": (overall.get("random") or {}).get(PRIMARY),
+        "logging_order": (overall.get("logging_order") or {}).get(PRIMARY),
+        "window_days": trained["window"]["days"],
+        "train_rows": sum(trained["window"]["rows_by_day"].values()),
+        "decision": decision.get("decision"),
+    })
+    return record
+
+
+def mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 6) if values else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--windows", default="1,7", help="window sizes (train.window_days) compared")
+    parser.add_argument("--impressions", type=int, default=None, help="impressions per day (default: params)")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/training_window"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training_window.json")
+    args = parser.parse_args()
+    windows = [int(w) for w in args.windows.split(",")]
+    params = yaml.safe_load(args.params.read_text())
+    if args.impressions:
+        params["simulate"]["impressions_per_day"] = args.impressions
+    args.work.mkdir(parents=True, exist_ok=True)
+    raw = args.work / "raw"
+    if not raw.is_dir():
+        (args.work / "sim.params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        pipeline(["simulate", "--start", FIRST_DAY, "--days", str(args.days), "--params",
+                  str(args.work / "sim.params.yaml"), "--out", str(raw)], ROOT)
+    days = [(date.fromisoformat(FIRST_DAY) + timedelta(days=k)).isoformat() for k in range(args.days)]
+    results = {}
+    for size in windows:
+        config = {**params, "train": {**params["train"], "window_days": size}}
+        workspace = workspace_for(args.work, f"window-{size}", config, raw)
+        results[size] = []
+        for day in days:
+            started = time.perf_counter()
+            ran = pipeline(["repro", "--workspace", str(workspace), "--day", day], workspace, check=False)
+            record = day_record(workspace, day, time.perf_counter() - started, ran.returncode)
+            results[size].append(record)
+            print(f"window {size}: {json.dumps(record)}", flush=True)
+    header = f"{'day':<12}" + "".join(f"{f'champion w={s}':>16}" for s in windows) + \
+        "".join(f"{f'candidate w={s}':>17}" for s in windows) + f"{'random':>10}{'logging':>10}"
+    print(header)
+    for k, day in enumerate(days):
+        row = [results[s][k] for s in windows]
+        cells = "".join(f"{r.get('champion') or float('nan'):>16.4f}" for r in row)
+        cells += "".join(f"{r.get('candidate') or float('nan'):>17.4f}" for r in row)
+        print(f"{day:<12}{cells}{row[0].get('random') or float('nan'):>10.4f}"
+              f"{row[0].get('logging_order') or float('nan'):>10.4f}")
+    summary = {s: {"champion_mean": mean(r.get("champion") for r in results[s]),
+                   "candidate_mean": mean(r.get("candidate") for r in results[s]),
+                   "seconds_mean": mean(r["seconds"] for r in results[s])} for s in windows}
+    print(json.dumps(summary, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"benchmark": "training_window", "days": days, "windows": windows,
+                                    "impressions_per_day": params["simulate"]["impressions_per_day"],
+                                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                                    "summary": summary, "per_day": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
