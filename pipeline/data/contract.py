@@ -1,6 +1,7 @@
 """The data contract (DATA_CONTRACT.md) in code: columns, types, the layout on disk, and readers."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,17 @@ class DayPaths:
     @property
     def truth_file(self) -> Path:
         return self.root / "_truth" / f"dt={self.day}" / "truth.parquet"
+
+
+def files_digest(files: list[Path]) -> str:
+    """sha256 over each file's name and bytes, in the order given, read in blocks."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def impression_parts(paths: DayPaths) -> list[Path]:

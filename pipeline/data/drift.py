@@ -16,14 +16,13 @@ compare with (the window's second day), the share's thresholds alone decide.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import fisher_exact
 
-from pipeline.data.contract import ContractError, DayPaths, impression_parts, read_impressions
+from pipeline.data.contract import ContractError, DayPaths, files_digest, impression_parts, read_impressions
 
 PASSED, WARNING, FAILED, SKIPPED = "passed", "warning", "failed", "skipped"
 CHANGE_KINDS = ("relative", "absolute", "value")
@@ -39,13 +38,7 @@ def previous_days(data_dir: str | Path, day: str, window: int) -> list[str]:
 
 def fingerprint(data_dir: str | Path, day: str) -> str:
     """Content hash of a day's impression files: changes exactly when the day is rewritten."""
-    digest = hashlib.sha256()
-    for part in impression_parts(DayPaths(Path(data_dir), day)):
-        digest.update(part.name.encode())
-        with open(part, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_digest(impression_parts(DayPaths(Path(data_dir), day)))
 
 
 def window_manifest(data_dir: str | Path, day: str, window: int) -> dict:

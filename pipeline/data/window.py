@@ -3,7 +3,8 @@
 The window is the `train.window_days` calendar days ending at `day`. An earlier day is in it only when
 its data passed validation (work/validate/dt=DAY/summary.json says so); the others are left out and
 listed with the reason, so a reviewer sees every gap: no data, never validated (run or backfill that
-day first), or rejected (days before the log's first day are no gap and are not listed). `day` itself is always in: its own validate stage runs first in the run.
+day first), or rejected (days before the log's first day are no gap and are not listed). `day` itself
+is always in: its own validate stage runs first in the run.
 
 run/train_window.json (written by repro before `dvc repro`) holds the days and a content hash of each
 earlier day's impressions and catalog, so the stages that read the window rerun exactly when it
@@ -11,12 +12,11 @@ changes (dvc.yaml cannot list a variable number of folders as deps).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import date, timedelta
 from pathlib import Path
 
-from pipeline.data.contract import ContractError, DayPaths, impression_parts
+from pipeline.data.contract import ContractError, DayPaths, files_digest, impression_parts
 
 NO_DATA = "no data: the day's impressions or catalog folder is missing"
 NOT_VALIDATED = "not validated: run that day first (repro --day, or a backfill)"
@@ -39,13 +39,7 @@ def calendar_days(day: str, count: int) -> list[str]:
 def fingerprint(data_dir: Path, day: str) -> str:
     """Content hash of a day's impression files and catalog: changes exactly when the day is rewritten."""
     paths = DayPaths(Path(data_dir), day)
-    digest = hashlib.sha256()
-    for part in [*impression_parts(paths), paths.catalog_file]:
-        digest.update(part.name.encode())
-        with open(part, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_digest([*impression_parts(paths), paths.catalog_file])
 
 
 def verdict(validate_root: Path, day: str) -> str | None:
