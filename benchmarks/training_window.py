@@ -1,9 +1,10 @@
 """The champion history trained on a window of days against one day, judged by next-day ranking quality.
 
-    python benchmarks/training_window.py [--days 14] [--windows 1,7] [--impressions N] [--work DIR]
+    python benchmarks/training_window.py [--days 14] [--windows 1,7,7w] [--impressions N] [--work DIR]
         [--out benchmarks/results/training_window.json]
 
-Simulates `--days` default days once, then for each window size makes a workspace of its own
+Simulates `--days` default days once, then for each window size (a trailing `w`: with
+train.warm_start) makes a workspace of its own
 (`python -m pipeline init`, the same raw days) and runs every day through the whole retrain with
 `python -m pipeline repro --day D`, one day after the other, as the DAG and a backfill do. Each day's
 evaluate metrics score, on that day's held-out last requests and with the simulator's true relevance
@@ -20,10 +21,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -32,6 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_DAY = "2026-11-01"
 PRIMARY = "ndcg_at_10_true"
+TRAINED = re.compile(r"train: \S+ \d+ rows x \d+ epochs \(\d+ steps\) on \S+ in ([\d.]+)s")
 
 
 def pipeline(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -54,7 +58,13 @@ def workspace_for(work: Path, name: str, params: dict, raw: Path) -> Path:
     return path
 
 
-def day_record(workspace: Path, day: str, seconds: float, code: int) -> dict:
+def train_seconds(output: str) -> float | None:
+    """The train stage's own time (its loop and calibration) from the line it prints."""
+    found = TRAINED.search(output)
+    return float(found.group(1)) if found else None
+
+
+def day_record(workspace: Path, day: str, seconds: float, code: int, output: str) -> dict:
     record = {"day": day, "exit": code, "seconds": round(seconds, 1)}
     if code != 0:
         return record
@@ -68,7 +78,10 @@ def day_record(workspace: Path, day: str, seconds: float, code: int) -> dict:
         "random": (overall.get("random") or {}).get(PRIMARY),
         "logging_order": (overall.get("logging_order") or {}).get(PRIMARY),
         "window_days": trained["window"]["days"],
-        "train_rows": sum(trained["window"]["rows_by_day"].values()),
+        "fitted_days": trained["window"]["fitted_days"],
+        "warm_start": trained["warm_start"]["from"],
+        "train_rows": trained["train_rows"],
+        "train_seconds": train_seconds(output),
         "decision": decision.get("decision"),
     })
     return record
@@ -82,13 +95,15 @@ def mean(values) -> float | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=14)
-    parser.add_argument("--windows", default="1,7", help="window sizes (train.window_days) compared")
+    parser.add_argument("--windows", default="1,7,7w",
+                        help="window sizes (train.window_days) compared; a trailing w: with train.warm_start")
+    parser.add_argument("--jobs", type=int, default=1, help="window sizes run at the same time")
     parser.add_argument("--impressions", type=int, default=None, help="impressions per day (default: params)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--work", type=Path, default=Path("/tmp/training_window"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training_window.json")
     args = parser.parse_args()
-    windows = [int(w) for w in args.windows.split(",")]
+    windows = args.windows.split(",")
     params = yaml.safe_load(args.params.read_text())
     if args.impressions:
         params["simulate"]["impressions_per_day"] = args.impressions
@@ -99,17 +114,22 @@ def main() -> int:
         pipeline(["simulate", "--start", FIRST_DAY, "--days", str(args.days), "--params",
                   str(args.work / "sim.params.yaml"), "--out", str(raw)], ROOT)
     days = [(date.fromisoformat(FIRST_DAY) + timedelta(days=k)).isoformat() for k in range(args.days)]
-    results = {}
-    for size in windows:
-        config = {**params, "train": {**params["train"], "window_days": size}}
+    def history(size: str) -> list[dict]:
+        config = {**params, "train": {**params["train"], "window_days": int(size.rstrip("w")),
+                                      "warm_start": size.endswith("w")}}
         workspace = workspace_for(args.work, f"window-{size}", config, raw)
-        results[size] = []
+        records = []
         for day in days:
             started = time.perf_counter()
             ran = pipeline(["repro", "--workspace", str(workspace), "--day", day], workspace, check=False)
-            record = day_record(workspace, day, time.perf_counter() - started, ran.returncode)
-            results[size].append(record)
-            print(f"window {size}: {json.dumps(record)}", flush=True)
+            records.append(day_record(workspace, day, time.perf_counter() - started, ran.returncode,
+                                      ran.stdout + ran.stderr))
+            print(f"window {size}: {json.dumps(records[-1])}", flush=True)
+        return records
+
+    # Each history in its own workspace; --jobs > 1 runs them side by side (their seconds then share the CPUs).
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = dict(zip(windows, pool.map(history, windows)))
     header = f"{'day':<12}" + "".join(f"{f'champion w={s}':>16}" for s in windows) + \
         "".join(f"{f'candidate w={s}':>17}" for s in windows) + f"{'random':>10}{'logging':>10}"
     print(header)
@@ -121,11 +141,13 @@ def main() -> int:
               f"{row[0].get('logging_order') or float('nan'):>10.4f}")
     summary = {s: {"champion_mean": mean(r.get("champion") for r in results[s]),
                    "candidate_mean": mean(r.get("candidate") for r in results[s]),
-                   "seconds_mean": mean(r["seconds"] for r in results[s])} for s in windows}
+                   "seconds_mean": mean(r["seconds"] for r in results[s]),
+                   "train_seconds_mean": mean(r.get("train_seconds") for r in results[s])} for s in windows}
     print(json.dumps(summary, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "training_window", "days": days, "windows": windows,
                                     "impressions_per_day": params["simulate"]["impressions_per_day"],
+                                    "jobs": args.jobs,
                                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                                     "summary": summary, "per_day": results}, indent=1))
     return 0

@@ -78,6 +78,11 @@ def files_digest(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def days_on_disk(data_dir: str | Path) -> list[str]:
+    """The days that have an impressions/dt=YYYY-MM-DD folder, oldest first."""
+    return sorted(p.name[3:] for p in (Path(data_dir) / "impressions").glob("dt=*") if p.is_dir())
+
+
 def impression_parts(paths: DayPaths) -> list[Path]:
     if not paths.impressions_dir.is_dir():
         raise ContractError(f"{paths.impressions_dir}: no impressions folder for day {paths.day}")

@@ -22,7 +22,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import fisher_exact
 
-from pipeline.data.contract import ContractError, DayPaths, files_digest, impression_parts, read_impressions
+from pipeline.data.contract import (
+    ContractError,
+    DayPaths,
+    days_on_disk,
+    files_digest,
+    impression_parts,
+    read_impressions,
+)
 
 PASSED, WARNING, FAILED, SKIPPED = "passed", "warning", "failed", "skipped"
 CHANGE_KINDS = ("relative", "absolute", "value")
@@ -31,8 +38,7 @@ NULLABLE_COLUMNS = ("propensity", "price")
 
 def previous_days(data_dir: str | Path, day: str, window: int) -> list[str]:
     """The last `window` days before `day` that have an impressions folder, oldest first."""
-    folder = Path(data_dir) / "impressions"
-    days = sorted(p.name[3:] for p in folder.glob("dt=*") if p.is_dir() and p.name[3:] < day)
+    days = [d for d in days_on_disk(data_dir) if d < day]
     return days[-window:] if window > 0 else []
 
 

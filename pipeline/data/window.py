@@ -16,7 +16,7 @@ import json
 from datetime import date, timedelta
 from pathlib import Path
 
-from pipeline.data.contract import ContractError, DayPaths, files_digest, impression_parts
+from pipeline.data.contract import ContractError, DayPaths, days_on_disk, files_digest, impression_parts
 
 NO_DATA = "no data: the day's impressions or catalog folder is missing"
 NOT_VALIDATED = "not validated: run that day first (repro --day, or a backfill)"
@@ -42,23 +42,28 @@ def fingerprint(data_dir: Path, day: str) -> str:
     return files_digest([*impression_parts(paths), paths.catalog_file])
 
 
+def validation_summary(validate_root: str | Path, day: str) -> dict | None:
+    """The validate stage's summary.json of `day` (work/validate/dt=DAY), None when it has none that reads."""
+    try:
+        summary = json.loads((Path(validate_root) / f"dt={day}" / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 def verdict(validate_root: Path, day: str) -> str | None:
     """None when the day passed validation, else why it is left out of a window."""
-    summary = Path(validate_root) / f"dt={day}" / "summary.json"
-    if not summary.is_file():
+    summary = validation_summary(validate_root, day)
+    if summary is None:
         return NOT_VALIDATED
-    try:
-        passed = json.loads(summary.read_text(encoding="utf-8")).get("success") is True
-    except (OSError, ValueError):
-        return NOT_VALIDATED
-    return None if passed else REJECTED
+    return None if summary.get("success") is True else REJECTED
 
 
 def manifest(data_dir: str | Path, validate_root: str | Path, day: str, count: int) -> dict:
     """run/train_window.json: {day, window_days, days (oldest first, `day` last), earlier (each earlier
     day with its fingerprint), left_out (day and reason)}."""
     data_dir = Path(data_dir)
-    on_disk = sorted(p.name[3:] for p in (data_dir / "impressions").glob("dt=*") if p.is_dir())
+    on_disk = days_on_disk(data_dir)
     earlier, left_out = [], []
     # Days before the log's first day are no gap: the log starts later.
     for candidate in [d for d in calendar_days(day, count)[:-1] if on_disk and d >= on_disk[0]]:

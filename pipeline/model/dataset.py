@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
-from pipeline.data.contract import ContractError, read_catalog, read_impressions_of_days
+from pipeline.data.contract import ContractError, days_on_disk, read_catalog, read_impressions_of_days
 from pipeline.model import embeddings, features, history
 
 
@@ -31,7 +32,7 @@ class DayData:
 
 
 def days_in(data_dir: str | Path) -> list[str]:
-    days = sorted(p.name[3:] for p in (Path(data_dir) / "impressions").glob("dt=*") if p.is_dir())
+    days = days_on_disk(data_dir)
     if not days:
         raise ContractError(f"{data_dir}: no impressions/dt=YYYY-MM-DD folders")
     return days
@@ -127,22 +128,44 @@ def load_day(data_dir: str | Path, day: str, embeddings_dir: str | Path, params:
     return load_log(data_dir, [day], embeddings_dir, params)
 
 
+def concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The frames one below the other; a column categorical in all stays categorical (pd.concat would
+    turn day-specific categories into one Python string per row)."""
+    if len(frames) == 1:
+        return frames[0]
+    columns = {}
+    for column in frames[0].columns:
+        parts = [frame[column] for frame in frames]
+        if all(isinstance(part.dtype, pd.CategoricalDtype) for part in parts):
+            columns[column] = union_categoricals(parts)
+        else:
+            columns[column] = pd.concat(parts, ignore_index=True)
+    return pd.DataFrame(columns)
+
+
+# What train reads of a window's impressions once the features are built: the weights' key, the time
+# split and each row's day. The other columns (texts, ids, labels) live on in the features.
+WINDOW_COLUMNS = ("event_id", "request_id", "ts")
+
+
 def load_window(data_dir: str | Path, days: list[str], embeddings_dir: str | Path, params: dict) -> DayData:
     """The training window's days (oldest first), each read and built on its own exactly as `load_day`
     builds it (its history features read the ranker.history.days before it, as they will when the day is
-    evaluated or served), one after the other; the held-out slice is the last day's. Day by day, so the
-    peak holds one day's frames beside the window's features."""
+    evaluated or served), one after the other; the held-out slice is the last day's. Day by day, keeping
+    of each day's impressions only WINDOW_COLUMNS and a `day` column: the peak holds one day's full frames
+    beside the window's features."""
     table = embeddings.load(embeddings_dir)
     frames, catalogs, parts, holdout = [], [], [], []
-    for day in days:
+    for k, day in enumerate(days):
         impressions, catalog = read_log(data_dir, [day], uses_extra_features(params))
         parts.append(build_features(impressions, catalog, table, params,
                                     logged_history(data_dir, [day], impressions, params)))
-        frames.append(impressions)
-        catalogs.append(catalog)
         holdout.append(features.holdout_mask(impressions, params["split"]["holdout_fraction"]) if day == days[-1]
                        else np.zeros(len(impressions), dtype=bool))
+        codes = np.full(len(impressions), k, dtype=np.int16)
+        frames.append(impressions[list(WINDOW_COLUMNS)].assign(day=pd.Categorical.from_codes(codes, days)))
+        catalogs.append(catalog)
+        del impressions
     catalog = pd.concat(catalogs[::-1], ignore_index=True).drop_duplicates("item_id").reset_index(drop=True)
-    impressions = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return DayData(impressions, catalog, features.concat(parts) if len(parts) > 1 else parts[0],
+    return DayData(concat_frames(frames), catalog, features.concat(parts) if len(parts) > 1 else parts[0],
                    np.concatenate(holdout))

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.data.contract import SURFACES, ContractError, DayPaths, impression_parts
+from pipeline.data.contract import SURFACES, ContractError, DayPaths, days_on_disk, impression_parts
 
 SLICINGS = ("surface", "category", "query_frequency", "new_item")
 NO_CATEGORY = "(none)"
@@ -41,8 +41,7 @@ def query_requests(day_impressions: pd.DataFrame) -> pd.Series:
 
 
 def earlier_days(data_dir: str | Path, day: str, history_days: int | None) -> list[str]:
-    folder = Path(data_dir) / "impressions"
-    days = sorted(p.name[3:] for p in folder.glob("dt=*") if p.is_dir() and p.name[3:] < day)
+    days = [d for d in days_on_disk(data_dir) if d < day]
     return days[-history_days:] if history_days else days
 
 

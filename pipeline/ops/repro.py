@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.atomic import dumps_json, read_json, write_bytes_atomic
+from pipeline.atomic import dumps_json, write_bytes_atomic
 from pipeline.days import parse_day
 from pipeline.importance import selection
 from pipeline.ops import lease
@@ -100,12 +100,12 @@ def prepare(workspace: Path, day: str, params: dict) -> None:
 
 def rejection_message(workspace: Path, day: str) -> str | None:
     """The validate stage's own verdict when it rejected the day, else None (a crash, say)."""
-    summary = validate_dir(workspace, day) / "summary.json"
-    if summary.is_file():
-        verdict = read_json(summary)
-        if not verdict.get("success", True):
-            reasons = verdict.get("failures") or [verdict.get("error") or "the day broke the data contract"]
-            return "; ".join(reasons)
+    from pipeline.data.window import validation_summary  # pyarrow: not at import time (the DAG file)
+
+    verdict = validation_summary(validate_dir(workspace, day).parent, day)
+    if verdict and not verdict.get("success", True):
+        reasons = verdict.get("failures") or [verdict.get("error") or "the day broke the data contract"]
+        return "; ".join(reasons)
     return None
 
 

@@ -228,7 +228,7 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
                     params["evaluate"]["calibration_bins"])
     seconds = time.perf_counter() - started
     ts = pd.to_datetime(data.impressions["ts"], utc=True)
-    per_day = data.impressions["ts"].iloc[trained].astype(str).str[:10].value_counts()
+    per_day = data.impressions["day"].iloc[trained].value_counts()
     metrics = {"window": {"days": window_days, "fitted_days": days, "left_out": window.get("left_out", []),
                           "rows_by_day": {d: int(per_day.get(d, 0)) for d in days},
                           "trained_until": iso(ts.iloc[trained].max()),
