@@ -12,7 +12,8 @@ as the gain (ndcg_at_10_true):
   - the champion serving when the day arrived (trained on the days before it): next-day quality;
   - the day's candidate (trained on the window ending at the day, evaluated on later rows);
   - the random and logging-order baselines on the same rows.
-Both workspaces see the same days and the same held-out rows, so the rows of a day line up.
+With --cache, every workspace uses that DVC cache, so a warm-start history run after the scratch
+one of the same window restores the stages before train from the run cache. Both workspaces see the same days and the same held-out rows, so the rows of a day line up.
 Prints one table (a row per day) and the means, with the seconds each run took, and writes them as JSON.
 """
 from __future__ import annotations
@@ -97,6 +98,9 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--windows", default="1,7,7w",
                         help="window sizes (train.window_days) compared; a trailing w: with train.warm_start")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="one DVC cache for every workspace (e.g. an earlier run's window-7/.dvc/cache): a "
+                             "history that differs only in train knobs then reruns only train and what follows")
     parser.add_argument("--jobs", type=int, default=1, help="window sizes run at the same time")
     parser.add_argument("--impressions", type=int, default=None, help="impressions per day (default: params)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -118,6 +122,9 @@ def main() -> int:
         config = {**params, "train": {**params["train"], "window_days": int(size.rstrip("w")),
                                       "warm_start": size.endswith("w")}}
         workspace = workspace_for(args.work, f"window-{size}", config, raw)
+        if args.cache:  # stages whose inputs another history already ran come back from DVC's run cache
+            subprocess.run([str(Path(sys.executable).parent / "dvc"), "cache", "dir", str(args.cache)],
+                           cwd=workspace, check=True, capture_output=True)
         records = []
         for day in days:
             started = time.perf_counter()
