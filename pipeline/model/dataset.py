@@ -70,6 +70,24 @@ def read_log(data_dir: str | Path, days: list[str] | None,
     return impressions, catalog
 
 
+def concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The frames one below the other; a column categorical in all stays categorical (pd.concat would
+    turn day-specific categories into one Python string per row)."""
+    if len(frames) == 1:
+        return frames[0]
+    columns = {}
+    for column in frames[0].columns:
+        parts = [frame[column] for frame in frames]
+        try:
+            if all(isinstance(part.dtype, pd.CategoricalDtype) for part in parts):
+                columns[column] = union_categoricals(parts)
+                continue
+        except TypeError:  # categories of different dtypes (an all-null day's, say): plain values instead
+            pass
+        columns[column] = pd.concat(parts, ignore_index=True)
+    return pd.DataFrame(columns)
+
+
 def earlier_rows(data_dir: str | Path, days: list[str], params: dict) -> pd.DataFrame:
     """The impressions (history.COLUMNS) of the ranker.history.days days on disk before `days`: what
     users and items did before, for the history features. A day that cannot be read is left out."""
@@ -81,7 +99,7 @@ def earlier_rows(data_dir: str | Path, days: list[str], params: dict) -> pd.Data
             frames.append(history.history_rows(read_impressions_of_days(data_dir, [day])))
         except (ContractError, OSError, ValueError, KeyError):
             continue  # a day that failed its checks (or was never landed whole) tells nothing reliable
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(history.COLUMNS))
+    return concat_frames(frames) if frames else pd.DataFrame(columns=list(history.COLUMNS))
 
 
 def logged_history(data_dir: str | Path, days: list[str], impressions: pd.DataFrame, params: dict) -> pd.DataFrame:
@@ -90,8 +108,7 @@ def logged_history(data_dir: str | Path, days: list[str], impressions: pd.DataFr
     before = earlier_rows(data_dir, days, params)
     if before.empty:
         return own
-    ids = {c: object for c in ("user_id", "item_id")}
-    return pd.concat([before.astype(ids), own.astype(ids)], ignore_index=True)
+    return concat_frames([before, own])
 
 
 def build_features(impressions: pd.DataFrame, catalog: pd.DataFrame, table, params: dict,
@@ -126,21 +143,6 @@ def text_embeddings(impressions: pd.DataFrame, catalog: pd.DataFrame, embeddings
 
 def load_day(data_dir: str | Path, day: str, embeddings_dir: str | Path, params: dict) -> DayData:
     return load_log(data_dir, [day], embeddings_dir, params)
-
-
-def concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """The frames one below the other; a column categorical in all stays categorical (pd.concat would
-    turn day-specific categories into one Python string per row)."""
-    if len(frames) == 1:
-        return frames[0]
-    columns = {}
-    for column in frames[0].columns:
-        parts = [frame[column] for frame in frames]
-        if all(isinstance(part.dtype, pd.CategoricalDtype) for part in parts):
-            columns[column] = union_categoricals(parts)
-        else:
-            columns[column] = pd.concat(parts, ignore_index=True)
-    return pd.DataFrame(columns)
 
 
 # What train reads of a window's impressions once the features are built: the weights' key, the time

@@ -27,10 +27,17 @@ def clicked_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _codes(*columns: pd.Series) -> list[np.ndarray]:
-    """Shared integer codes of several columns (-1 for a missing value)."""
-    joined = pd.concat([pd.Series(np.asarray(c, dtype=object)) for c in columns], ignore_index=True)
-    codes = pd.factorize(joined)[0]
-    return np.split(codes, np.cumsum([len(c) for c in columns])[:-1])
+    """Shared integer codes of several columns (-1 for a missing value). Each column is factorized on its
+    own and only the distinct values meet as Python objects: a 10M-row column never becomes 10M objects."""
+    factorized = [pd.factorize(pd.Series(c)) for c in columns]
+    distinct = [np.asarray(uniques, dtype=object) for _, uniques in factorized]
+    shared = pd.factorize(pd.Series(np.concatenate(distinct) if distinct else np.array([], dtype=object)))[0]
+    result, offset = [], 0
+    for (codes, _), values in zip(factorized, distinct):
+        mapping = np.append(shared[offset:offset + len(values)], -1)  # code -1 (missing) reads the last entry
+        result.append(mapping[codes].astype(np.int64))
+        offset += len(values)
+    return result
 
 
 def _microseconds(ts: pd.Series) -> np.ndarray:
