@@ -68,12 +68,22 @@ def weight_files(weights: str | Path, days: list[str]) -> list[Path]:
 
 
 def aligned_weights(event_ids: pd.Series, files: list[Path]):
-    table = pd.concat([pd.read_parquet(f, columns=["event_id", "weight"]) for f in files], ignore_index=True)
-    weights = event_ids.to_frame().merge(table, on="event_id", how="left", validate="one_to_one")["weight"]
-    if weights.isna().any():
-        raise ValueError(f"{', '.join(map(str, files))}: no weight for {int(weights.isna().sum())} training "
-                         f"events, e.g. {event_ids[weights.isna().to_numpy()].iloc[0]}")
-    return weights.to_numpy()
+    """Each event's weight from the window's scores files, joined on event_id in Arrow: a pandas merge of
+    tens of millions of string keys would hold a Python object per key."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables([pq.read_table(f, columns=["event_id", "weight"]) for f in files])
+    keys = table.column("event_id").combine_chunks()
+    if len(pc.unique(keys)) != len(keys):
+        raise ValueError(f"{', '.join(map(str, files))}: an event_id has more than one weight")
+    index = pc.index_in(pa.array(event_ids, type=keys.type), value_set=keys)
+    missing = index.is_null().to_numpy(zero_copy_only=False)
+    if missing.any():
+        raise ValueError(f"{', '.join(map(str, files))}: no weight for {int(missing.sum())} training "
+                         f"events, e.g. {event_ids[missing].iloc[0]}")
+    return table.column("weight").to_numpy()[index.to_numpy()]
 
 
 def _round(value):
@@ -88,7 +98,7 @@ def fingerprint(day: str, params: dict, x, weights, world_size: int = 1) -> str:
         parts.append({"world_size": world_size})
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
     for tensor in (x.dense, x.ids, x.numeric, x.categorical, x.position, x.click, x.purchase, *x.text_indices):
-        digest.update(tensor.numpy().tobytes())
+        digest.update(np.ascontiguousarray(tensor.numpy()))  # the buffer itself: no copy of a large tensor
     digest.update(weights.astype("float32").tobytes())
     return digest.hexdigest()
 
@@ -195,7 +205,11 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
                                                        layers, params, device)
         tower = text_tower.TextTower.from_encoder(encoder, layers)
     train_x = data.x.subset(rows)  # after the tower's states are attached: the subset carries them
-    model = ranker.new_model(data.x.text_dim, params["ranker"], seed, train_x, tower=tower, weights=weights)
+    validation = (data.x.subset(validation_rows), all_weights[validation_mask]) if len(validation_rows) else None
+    calibration_x = data.x.subset(calibration_rows)
+    text_dim = data.x.text_dim
+    data.x = None  # the window's features live on in the three slices: training holds no fourth copy
+    model = ranker.new_model(text_dim, params["ranker"], seed, train_x, tower=tower, weights=weights)
     if start_from is not None:
         from pipeline.release.champions import model_dir
 
@@ -205,7 +219,6 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
             return run(data_dir, day, embeddings_dir, weights_source, out_dir, cold, checkpoints, encoder_dir,
                        window, None, f"not started from {start_from['model_id']}: {refused}; "
                        "trained from scratch on the window")
-    validation = (data.x.subset(validation_rows), all_weights[validation_mask]) if len(validation_rows) else None
     leader = int(os.environ.get("RANK", 0)) == 0
     world = int(os.environ.get("WORLD_SIZE", 1))
     step_log = training.StepLog()
@@ -220,7 +233,6 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
     if not leader:
         return {}
     history = result.history
-    calibration_x = data.x.subset(calibration_rows)
     ece_before = ece(calibration_x.click.numpy(), ranker.predict(model, calibration_x, device, True)["p_click"],
                      params["evaluate"]["calibration_bins"])
     a, b = ranker.calibrate(model, calibration_x, device)
