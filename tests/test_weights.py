@@ -1,4 +1,4 @@
-"""Scores to weights: the transform of params, on plain arrays."""
+"""Scores to weights: the transform of params, on plain arrays; the train stage's join of a window's weights."""
 import numpy as np
 import pytest
 
@@ -99,3 +99,40 @@ def test_cluster_representatives_are_seeded_and_need_vectors():
         transform(scores, {**BASE, "cluster_representatives": {"clusters": 5, "keep_percent": 0}}, vectors=vectors)
     off = transform(scores, {**BASE, "cluster_representatives": {"clusters": 0, "keep_percent": 30}})
     assert (off > 0).all()
+
+
+def _scores_file(path, event_ids, weights):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"event_id": event_ids, "weight": np.asarray(weights, dtype=np.float64)}), path)
+    return path
+
+
+def test_the_window_weights_join_each_event_to_its_own_weight(tmp_path):
+    import pandas as pd
+
+    from pipeline.stages.train import aligned_weights
+
+    rng = np.random.default_rng(3)
+    ids = [f"e{i}" for i in range(500)]
+    weights = rng.uniform(0.1, 3.0, size=500)
+    files = [_scores_file(tmp_path / "a.parquet", ids[:200], weights[:200]),
+             _scores_file(tmp_path / "b.parquet", ids[200:], weights[200:])]
+    wanted = pd.Series(rng.permutation(ids)[:300])
+    expected = wanted.to_frame("event_id").merge(pd.DataFrame({"event_id": ids, "weight": weights}),
+                                                 on="event_id", how="left")["weight"].to_numpy()
+    assert np.array_equal(aligned_weights(wanted, files), expected)
+
+
+def test_the_window_weights_refuse_a_missing_event_and_a_duplicate_one(tmp_path):
+    import pandas as pd
+
+    from pipeline.stages.train import aligned_weights
+
+    first = _scores_file(tmp_path / "a.parquet", ["e1", "e2"], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"no weight for 1 training events, e\.g\. e9"):
+        aligned_weights(pd.Series(["e1", "e9"]), [first])
+    again = _scores_file(tmp_path / "b.parquet", ["e2", "e3"], [0.5, 1.5])
+    with pytest.raises(ValueError, match="an event_id has more than one weight"):
+        aligned_weights(pd.Series(["e1", "e3"]), [first, again])
