@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.model import ranker
-from pipeline.model.features import DENSE_FEATURES, Features
+from pipeline.model.features import DENSE_FEATURES, Features, concat, take
 
 CFG = {"hidden": 8, "max_position": 5, "dropout": 0.0}
 
@@ -200,3 +200,30 @@ def test_weighted_start_is_the_start_on_the_rows_that_count():
     for name in ("position_bias.weight", "click_head.bias"):
         assert torch.allclose(weighted.state_dict()[name], kept.state_dict()[name], atol=1e-5), name
         assert not torch.allclose(unweighted.state_dict()[name], kept.state_dict()[name], atol=1e-2), name
+
+
+def test_take_cuts_the_slices_of_concatenated_parts_and_lets_the_parts_go():
+    texts = torch.randn(7, 6)
+
+    def part(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        return Features(query=torch.randint(0, 7, (n,), generator=g), title=torch.randint(0, 7, (n,), generator=g),
+                        dense=torch.randn(n, len(DENSE_FEATURES), generator=g),
+                        position=torch.randint(1, 6, (n,), generator=g), click=torch.rand(n, generator=g).round(),
+                        purchase=torch.zeros(n), texts=texts, ids=torch.randint(0, 99, (n, 3), generator=g,
+                                                                                   dtype=torch.int32),
+                        numeric=torch.randn(n, 2, generator=g), numeric_names=("f_a", "f_b"))
+
+    parts = [part(50, 1), part(0, 2), part(30, 3), part(45, 4)]
+    whole = concat(parts)
+    rng = np.random.default_rng(0)
+    indices = [np.sort(rng.choice(125, 90, replace=False)), np.array([124, 0, 60, 3]), np.array([], dtype=int)]
+    expected = [whole.subset(index) for index in indices]
+    got = take(parts, indices)
+    assert parts == []
+    for want, have in zip(expected, got):
+        assert len(want) == len(have) and have.numeric_names == ("f_a", "f_b") and have.texts is texts
+        for name in ("dense", "position", "click", "ids", "numeric", "categorical", "query", "title"):
+            assert torch.equal(getattr(want, name), getattr(have, name)), name
+    with pytest.raises(ValueError, match="outside the parts' 50 rows"):
+        take([part(50, 1)], [np.array([50])])

@@ -80,10 +80,10 @@ def test_a_window_of_one_day_is_that_day_as_load_day_builds_it(completed_run):
     params = yaml.safe_load((completed_run / "params.yaml").read_text())
     args = (completed_run / "data/raw", DAY, completed_run / "work/pretrain/embeddings", params)
     one, alone = dataset.load_window(args[0], [DAY], *args[2:]), dataset.load_day(*args)
-    assert np.array_equal(one.holdout, alone.holdout)
+    assert np.array_equal(one.holdout, alone.holdout) and len(one.parts) == 1
     for column in ("dense", "position", "click", "ids"):
-        assert np.array_equal(getattr(one.x, column).numpy(), getattr(alone.x, column).numpy()), column
-    assert np.array_equal(one.x.text_indices[0].numpy(), alone.x.text_indices[0].numpy())
+        assert np.array_equal(getattr(one.parts[0], column).numpy(), getattr(alone.x, column).numpy()), column
+    assert np.array_equal(one.parts[0].text_indices[0].numpy(), alone.x.text_indices[0].numpy())
 
 
 def read_day(workspace, day: str) -> pd.DataFrame:

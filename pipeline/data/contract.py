@@ -127,25 +127,28 @@ REPEATED_COLUMNS = ("request_id", "user_id", "session_id")
 LABEL_COLUMNS = ("clicked", "purchased")
 
 
-def read_impressions_of_days(data_dir: str | Path, days: list[str], extra_features: bool = False) -> pd.DataFrame:
+def read_impressions_of_days(data_dir: str | Path, days: list[str], extra_features: bool = False,
+                             columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     """The impressions of several validated days as one frame, converted from Arrow once and column by
     column (`self_destruct`), so a 10M-row log never exists twice in memory as it would via pd.concat.
-    The contract's columns, and with `extra_features` the optional f_* columns of any part (null where a
-    part lacks one). Repeated ids and string f_* come back as categoricals and the labels as int8."""
+    The contract's columns (only `columns` of them when given: a reader that needs a few never holds a
+    whole day), and with `extra_features` the optional f_* columns of any part (null where a part lacks
+    one). Repeated ids and string f_* come back as categoricals and the labels as int8."""
+    names = IMPRESSION_SCHEMA.names if columns is None else [n for n in IMPRESSION_SCHEMA.names if n in columns]
+    repeated = tuple(n for n in REPEATED_COLUMNS if n in names)
     tables = []
     for part in (part for day in days for part in impression_parts(DayPaths(Path(data_dir), day))):
         schema = _parquet(part, pq.read_schema) if extra_features else None
         extra = [field for field in schema if field.name.startswith(EXTRA_FEATURE_PREFIX)] if extra_features else []
         strings = tuple(field.name for field in extra if pa.types.is_string(field.type))
-        tables.append(_read_table(part, IMPRESSION_SCHEMA.names + [field.name for field in extra],
-                                  dictionary=REPEATED_COLUMNS + strings))
+        tables.append(_read_table(part, names + [field.name for field in extra], dictionary=repeated + strings))
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException as exc:
         raise ContractError(f"{data_dir}: the parts of {', '.join(days)} disagree on a column's type ({exc})") from exc
     del tables
     table = table.unify_dictionaries()
-    for name in LABEL_COLUMNS:
+    for name in (n for n in LABEL_COLUMNS if n in names):
         table = table.set_column(table.schema.get_field_index(name), name, table[name].cast(pa.int8()))
     return table.to_pandas(self_destruct=True, split_blocks=True)
 

@@ -15,11 +15,7 @@ from pipeline.data.contract import ContractError, days_on_disk, read_catalog, re
 from pipeline.model import embeddings, features, history
 
 
-@dataclass
-class DayData:
-    impressions: pd.DataFrame
-    catalog: pd.DataFrame
-    x: features.Features
+class _HeldOut:
     holdout: np.ndarray  # bool per row: the held-out time slice
 
     @property
@@ -29,6 +25,24 @@ class DayData:
     @property
     def holdout_index(self) -> np.ndarray:
         return np.flatnonzero(self.holdout)
+
+
+@dataclass
+class DayData(_HeldOut):
+    impressions: pd.DataFrame
+    catalog: pd.DataFrame
+    x: features.Features
+    holdout: np.ndarray
+
+
+@dataclass
+class WindowData(_HeldOut):
+    """A training window: its days' rows one after the other, their features still a part per day
+    (features.take cuts the training slices out of them without a concatenated copy)."""
+    impressions: pd.DataFrame
+    catalog: pd.DataFrame
+    parts: list[features.Features]
+    holdout: np.ndarray
 
 
 def days_in(data_dir: str | Path) -> list[str]:
@@ -96,7 +110,7 @@ def earlier_rows(data_dir: str | Path, days: list[str], params: dict) -> pd.Data
     frames = []
     for day in earlier:
         try:
-            frames.append(history.history_rows(read_impressions_of_days(data_dir, [day])))
+            frames.append(read_impressions_of_days(data_dir, [day], columns=history.COLUMNS))
         except (ContractError, OSError, ValueError, KeyError):
             continue  # a day that failed its checks (or was never landed whole) tells nothing reliable
     return concat_frames(frames) if frames else pd.DataFrame(columns=list(history.COLUMNS))
@@ -150,7 +164,7 @@ def load_day(data_dir: str | Path, day: str, embeddings_dir: str | Path, params:
 WINDOW_COLUMNS = ("event_id", "request_id", "ts")
 
 
-def load_window(data_dir: str | Path, days: list[str], embeddings_dir: str | Path, params: dict) -> DayData:
+def load_window(data_dir: str | Path, days: list[str], embeddings_dir: str | Path, params: dict) -> WindowData:
     """The training window's days (oldest first), each read and built on its own exactly as `load_day`
     builds it (its history features read the ranker.history.days before it, as they will when the day is
     evaluated or served), one after the other; the held-out slice is the last day's. Day by day, keeping
@@ -169,5 +183,4 @@ def load_window(data_dir: str | Path, days: list[str], embeddings_dir: str | Pat
         catalogs.append(catalog)
         del impressions
     catalog = pd.concat(catalogs[::-1], ignore_index=True).drop_duplicates("item_id").reset_index(drop=True)
-    return DayData(concat_frames(frames), catalog, features.concat(parts) if len(parts) > 1 else parts[0],
-                   np.concatenate(holdout))
+    return WindowData(concat_frames(frames), catalog, parts, np.concatenate(holdout))

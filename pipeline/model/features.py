@@ -139,8 +139,8 @@ class Features:
                         **self._extras(lambda t: t.pin_memory()))
 
 
-def concat(parts: list[Features]) -> Features:
-    """The rows of several Features built by `build` against the same text table, one after the other."""
+def _check_parts(parts: list[Features]) -> None:
+    """Parts that can be laid one after the other: built by `build` against one text table, same f_* columns."""
     first = parts[0]
     for part in parts[1:]:
         if (part.numeric_names, part.categorical_names) != (first.numeric_names, first.categorical_names):
@@ -148,6 +148,45 @@ def concat(parts: list[Features]) -> Features:
                              f"vs {list(part.numeric_names + part.categorical_names)}")
         if part.texts is None or first.texts is None or part.texts.shape != first.texts.shape:
             raise ValueError("concat: the parts were not built against one text table")
+
+
+def _all_columns(x: Features) -> list[torch.Tensor]:
+    return [*x._columns(), x.ids, x.numeric, x.categorical]
+
+
+def take(parts: list[Features], indices: list) -> list[Features]:
+    """For each index array (rows of the parts laid one after the other, as `concat` lays them), those rows
+    as one Features; what `concat(parts).subset(index)` gives, without ever holding the concatenation.
+    Empties `parts` as it goes: each part is freed once its rows are copied out, and the outputs start
+    untouched (torch.empty), so the peak is the parts plus one part's share of the outputs, not the two
+    whole copies of concat-then-subset."""
+    _check_parts(parts)
+    texts, states = parts[0].texts, parts[0].states
+    names = {"numeric_names": parts[0].numeric_names, "categorical_names": parts[0].categorical_names}
+    bounds = np.cumsum([0] + [len(part) for part in parts])
+    indices = [np.asarray(index, dtype=np.int64) for index in indices]
+    for index in indices:
+        if index.size and (index.min() < 0 or index.max() >= bounds[-1]):
+            raise ValueError(f"take: a row index outside the parts' {bounds[-1]} rows")
+    outs = [[torch.empty((len(index), *column.shape[1:]), dtype=column.dtype) for column in _all_columns(parts[0])]
+            for index in indices]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        part = parts.pop(0)  # the caller's list lets go of it too: freed at the end of this turn
+        for index, out in zip(indices, outs):
+            at = np.flatnonzero((index >= lo) & (index < hi))
+            if at.size:
+                source, target = torch.from_numpy(index[at] - lo), torch.from_numpy(at)
+                for column, into in zip(_all_columns(part), out):
+                    into[target] = column[source]
+        del part
+    return [Features(*out[:6], texts=texts, ids=out[6], numeric=out[7], categorical=out[8], states=states, **names)
+            for out in outs]
+
+
+def concat(parts: list[Features]) -> Features:
+    """The rows of several Features built by `build` against the same text table, one after the other."""
+    _check_parts(parts)
+    first = parts[0]
     columns = [torch.cat(column) for column in zip(*(part._columns() for part in parts))]
     return Features(*columns, texts=first.texts, ids=torch.cat([p.ids for p in parts]),
                     numeric=torch.cat([p.numeric for p in parts]), categorical=torch.cat([p.categorical for p in parts]),

@@ -169,7 +169,7 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
         warm_note: str | None = None) -> dict:
     from pipeline.compute import setup
     from pipeline.data.window import describe, earlier_days
-    from pipeline.model import distributed, embeddings, ranker, text_tower, training
+    from pipeline.model import distributed, embeddings, features, ranker, text_tower, training
     from pipeline.model.checkpoints import Checkpoints
     from pipeline.model.dataset import load_window
     from pipeline.model.metrics import ece
@@ -201,20 +201,22 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
         if encoder_dir is None:
             raise ValueError("ranker.encoder.tune_top_layers > 0: pass --encoder (the pretrain stage's encoder)")
         # Each unique text through the frozen bottom layers once; the rows share the cache.
-        encoder, data.x.states = text_tower.states_for(encoder_dir, embeddings.load(embeddings_dir).texts,
-                                                       layers, params, device)
+        encoder, states = text_tower.states_for(encoder_dir, embeddings.load(embeddings_dir).texts,
+                                                layers, params, device)
         tower = text_tower.TextTower.from_encoder(encoder, layers)
-    train_x = data.x.subset(rows)  # after the tower's states are attached: the subset carries them
-    validation = (data.x.subset(validation_rows), all_weights[validation_mask]) if len(validation_rows) else None
-    calibration_x = data.x.subset(calibration_rows)
-    text_dim = data.x.text_dim
-    data.x = None  # the window's features live on in the three slices: training holds no fourth copy
+        for part in data.parts:  # the slices cut from the parts carry them
+            part.states = states
+    text_dim = data.parts[0].text_dim
+    # The three slices straight from the days' parts, which this empties: no concatenated window beside them.
+    train_x, validation_x, calibration_x = features.take(data.parts, [rows, validation_rows, calibration_rows])
+    validation = (validation_x, all_weights[validation_mask]) if len(validation_rows) else None
     model = ranker.new_model(text_dim, params["ranker"], seed, train_x, tower=tower, weights=weights)
     if start_from is not None:
         from pipeline.release.champions import model_dir
 
         refused = adopt(model, model_dir(params["registry"]["dir"], start_from) / "ranker")
         if refused:  # the whole window from scratch instead, saying why
+            del train_x, validation, validation_x, calibration_x, data  # the cold run loads its own
             cold = {**params, "train": {**cfg, "warm_start": False}}
             return run(data_dir, day, embeddings_dir, weights_source, out_dir, cold, checkpoints, encoder_dir,
                        window, None, f"not started from {start_from['model_id']}: {refused}; "
