@@ -12,6 +12,8 @@ as the gain (ndcg_at_10_true):
   - the champion serving when the day arrived (trained on the days before it): next-day quality;
   - the day's candidate (trained on the window ending at the day, evaluated on later rows);
   - the random and logging-order baselines on the same rows.
+With --resume, a workspace already in --work keeps the days its git history has committed (their
+records read back from the DVC cache through each day's dvc.lock) and runs the rest.
 With --cache, every workspace uses that DVC cache, so a warm-start history run after the scratch
 one of the same window restores the stages before train from the run cache. Both workspaces see the same days and the same held-out rows, so the rows of a day line up.
 Prints one table (a row per day) and the means, with the seconds each run took, and writes them as JSON.
@@ -88,6 +90,42 @@ def day_record(workspace: Path, day: str, seconds: float, code: int, output: str
     return record
 
 
+def cached_output(workspace: Path, commit: str, path: str) -> dict:
+    """A DVC-tracked JSON output as the day's commit recorded it, read from the workspace's cache."""
+    lock = yaml.safe_load(subprocess.run(["git", "show", f"{commit}:dvc.lock"], cwd=workspace, check=True,
+                                         capture_output=True, text=True).stdout)
+    cache = Path(subprocess.run([str(Path(sys.executable).parent / "dvc"), "cache", "dir"], cwd=workspace,
+                                check=True, capture_output=True, text=True).stdout.strip())
+    for stage in lock["stages"].values():
+        for out in [*stage.get("outs", []), *stage.get("metrics", [])]:
+            if out["path"] == path:
+                return json.loads((cache / "files" / "md5" / out["md5"][:2] / out["md5"][2:]).read_text())
+    raise SystemExit(f"{workspace}: {commit}'s dvc.lock has no {path}")
+
+
+def committed_days(workspace: Path) -> dict[str, str]:
+    """{day: commit} of the days the workspace's history committed ("sieve DAY: DECISION, ...")."""
+    log = subprocess.run(["git", "log", "--format=%H %s"], cwd=workspace, capture_output=True, text=True).stdout
+    found = (re.match(r"(\w+) sieve (\d{4}-\d{2}-\d{2}):", line) for line in log.splitlines())
+    return {match.group(2): match.group(1) for match in found if match}
+
+
+def resumed_record(workspace: Path, day: str, commit: str) -> dict:
+    """A committed day's record, as day_record made it, without its seconds (not kept)."""
+    evaluated = cached_output(workspace, commit, "work/evaluate/metrics.json")
+    trained = cached_output(workspace, commit, "work/train/metrics.json")
+    decision = cached_output(workspace, commit, "work/gate/decision.json")
+    overall = evaluated["ranking"]["slices"]["overall"]
+    return {"day": day, "exit": 0, "seconds": None, "resumed": True,
+            "champion": (overall.get("champion") or {}).get(PRIMARY),
+            "candidate": (overall.get("candidate") or {}).get(PRIMARY),
+            "random": (overall.get("random") or {}).get(PRIMARY),
+            "logging_order": (overall.get("logging_order") or {}).get(PRIMARY),
+            "window_days": trained["window"]["days"], "fitted_days": trained["window"]["fitted_days"],
+            "warm_start": trained["warm_start"]["from"], "train_rows": trained["train_rows"],
+            "train_seconds": None, "decision": decision.get("decision")}
+
+
 def mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return round(sum(values) / len(values), 6) if values else None
@@ -103,6 +141,8 @@ def main() -> int:
                              "history that differs only in train knobs then reruns only train and what follows")
     parser.add_argument("--jobs", type=int, default=1, help="window sizes run at the same time")
     parser.add_argument("--impressions", type=int, default=None, help="impressions per day (default: params)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the days the workspaces in --work already committed and run the rest")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--work", type=Path, default=Path("/tmp/training_window"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training_window.json")
@@ -121,12 +161,22 @@ def main() -> int:
     def history(size: str) -> list[dict]:
         config = {**params, "train": {**params["train"], "window_days": int(size.rstrip("w")),
                                       "warm_start": size.endswith("w")}}
-        workspace = workspace_for(args.work, f"window-{size}", config, raw)
+        workspace = args.work / f"window-{size}"
+        resumed = args.resume and (workspace / ".git").is_dir()
+        done = committed_days(workspace) if resumed else {}
+        if not resumed:
+            workspace = workspace_for(args.work, f"window-{size}", config, raw)
+        else:  # a run stopped mid-day leaves its lease behind
+            pipeline(["lease", "--workspace", str(workspace), "--break"], workspace, check=False)
         if args.cache:  # stages whose inputs another history already ran come back from DVC's run cache
             subprocess.run([str(Path(sys.executable).parent / "dvc"), "cache", "dir", str(args.cache)],
                            cwd=workspace, check=True, capture_output=True)
         records = []
         for day in days:
+            if day in done:
+                records.append(resumed_record(workspace, day, done[day]))
+                print(f"window {size}: {json.dumps(records[-1])}", flush=True)
+                continue
             started = time.perf_counter()
             ran = pipeline(["repro", "--workspace", str(workspace), "--day", day], workspace, check=False)
             records.append(day_record(workspace, day, time.perf_counter() - started, ran.returncode,
@@ -148,7 +198,7 @@ def main() -> int:
               f"{row[0].get('logging_order') or float('nan'):>10.4f}")
     summary = {s: {"champion_mean": mean(r.get("champion") for r in results[s]),
                    "candidate_mean": mean(r.get("candidate") for r in results[s]),
-                   "seconds_mean": mean(r["seconds"] for r in results[s]),
+                   "seconds_mean": mean(r.get("seconds") for r in results[s]),
                    "train_seconds_mean": mean(r.get("train_seconds") for r in results[s])} for s in windows}
     print(json.dumps(summary, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)

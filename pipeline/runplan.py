@@ -14,6 +14,8 @@ import yaml
 from pipeline.params import load_params
 
 STAGES = ("validate", "corpus", "pretrain", "importance_shard", "importance", "train", "evaluate", "gate", "promote")
+# Stages that change the registry beside writing their outputs: never restored from DVC's run cache.
+REGISTRY_STAGES = ("promote",)
 # One DVC stage per window day and shard (`importance_shard@DAY-K` in dvc.yaml). To repro and the DAG,
 # `importance_shard@K` is shard K of every day in the training window; the bare name runs all shards.
 SHARD_STAGE = "importance_shard"

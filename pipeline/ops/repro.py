@@ -33,6 +33,7 @@ from pipeline.runplan import (
     EXIT_DATA_REJECTED,
     EXIT_LEASE_HELD,
     IMPORTANCE_DIR,
+    REGISTRY_STAGES,
     REJECTION_PREFIX,
     SHARD_STAGE,
     SHARD_TARGET,
@@ -141,8 +142,12 @@ def run_stage(workspace: Path, stage: str, day: str, run_id: str = runs.BY_HAND)
         (validate_dir(workspace, day) / "summary.json").unlink(missing_ok=True)
     # --wait-for-lock: the shard stages of one run go side by side and take turns at DVC's lock.
     targets = dvc_targets(stage, read_context(workspace).get("window") or [day])
-    result = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", *targets],
-                            cwd=workspace, env=dvc_env())
+    # DVC's run cache gives back a stage's outputs, not what it did outside them: a promotion restored
+    # from another run (a workspace sharing the cache, a registry changed since) would never switch this
+    # registry's champion. promote always runs; it is idempotent.
+    no_run_cache = ["--no-run-cache"] if stage in REGISTRY_STAGES else []
+    result = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", *no_run_cache,
+                             *targets], cwd=workspace, env=dvc_env())
     if result.returncode == 0:
         return 0
     if stage == "validate" and (message := rejection_message(workspace, day)) is not None:
