@@ -136,3 +136,20 @@ def test_the_window_weights_refuse_a_missing_event_and_a_duplicate_one(tmp_path)
     again = _scores_file(tmp_path / "b.parquet", ["e2", "e3"], [0.5, 1.5])
     with pytest.raises(ValueError, match="an event_id has more than one weight"):
         aligned_weights(pd.Series(["e1", "e3"]), [first, again])
+
+
+def test_the_window_weights_join_each_day_with_its_own_scores(tmp_path):
+    import pandas as pd
+
+    from pipeline.stages.train import window_weights
+
+    days = ["2026-11-01", "2026-11-02"]
+    # The same event_id on both days: each row must take its own day's weight.
+    impressions = pd.DataFrame({"event_id": ["a", "b", "c", "a", "d"],
+                                "day": pd.Categorical.from_codes([0, 0, 0, 1, 1], days)})
+    files = [_scores_file(tmp_path / "1.parquet", ["c", "a", "b"], [3.0, 1.0, 2.0]),
+             _scores_file(tmp_path / "2.parquet", ["d", "a"], [5.0, 4.0])]
+    rows = np.array([4, 0, 3, 2])
+    assert window_weights(impressions, rows, days, files).tolist() == [5.0, 1.0, 4.0, 3.0]
+    with pytest.raises(ValueError, match="2 training rows are of no window day with a scores file"):
+        window_weights(impressions, rows, days[:1], files[:1])

@@ -86,6 +86,25 @@ def aligned_weights(event_ids: pd.Series, files: list[Path]):
     return table.column("weight").to_numpy()[index.to_numpy()]
 
 
+def window_weights(impressions: pd.DataFrame, rows: np.ndarray, days: list[str], files: list[Path]) -> np.ndarray:
+    """The weight of each of `rows` (positions in the window's impressions, whose `day` column names the
+    day of each), joined day by day, each day's rows with its own scores file: the join's hash table
+    then holds one day's event ids, not the window's (a 2 x 10 M window peaked on it)."""
+    out = np.empty(len(rows), dtype=np.float64)
+    day_of_row = impressions["day"].cat.codes.to_numpy()[rows]
+    code_of = {day: code for code, day in enumerate(impressions["day"].cat.categories)}
+    joined = 0
+    for day, scores in zip(days, files):
+        at = np.flatnonzero(day_of_row == code_of.get(day, -1))
+        if at.size:
+            out[at] = aligned_weights(impressions["event_id"].iloc[rows[at]].reset_index(drop=True), [scores])
+            joined += at.size
+    if joined != len(rows):
+        raise ValueError(f"{len(rows) - joined} training rows are of no window day with a scores file "
+                         f"({', '.join(days)})")
+    return out
+
+
 def _round(value):
     return None if value is None else round(value, 6)
 
@@ -189,8 +208,7 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
     fit_mask, validation_mask, calibration_mask = split_training_slice(in_train, cfg)
     rows = trained[fit_mask]
     validation_rows, calibration_rows = trained[validation_mask], trained[calibration_mask]
-    all_weights = aligned_weights(data.impressions["event_id"].iloc[trained].reset_index(drop=True),
-                                  weight_files(weights_source, days))
+    all_weights = window_weights(data.impressions, trained, days, weight_files(weights_source, days))
     weights = all_weights[fit_mask]
     tower = None
     layers = text_tower.tuned_layers(params)
