@@ -5,8 +5,9 @@
 
 Builds a fresh DVC workspace (git + dvc init, this repository's dvc.yaml, pipeline/ and params),
 simulates one day, runs every stage with `python -m pipeline repro`, then deletes work/ and
-dvc.lock (only DVC's cache remembers the run) and runs the day again. Checks that no stage ran the
-second time and that every output hash is the same, and prints the second run's time as a share of
+dvc.lock (only DVC's cache remembers the run) and runs the day again. Checks that no stage but
+promote ran the second time (promote always runs: it changes the registry, which the run cache does
+not restore) and that every output hash is the same, and prints the second run's time as a share of
 the first's against the 10% target.
 """
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main() -> int:
     shutil.rmtree(ws / "work")
     (ws / "dvc.lock").unlink()
     again, again_log = timed_repro(ws)
-    recomputed = again_log.count("Running stage")
+    recomputed = again_log.count("Running stage") - again_log.count("Running stage 'promote'")
     identical = out_hashes(ws) == hashes
     ratio = again / first
     result = {"benchmark": "rerun_cache", "day": DAY,
