@@ -67,27 +67,25 @@ def train_seconds(output: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+def outcome(evaluated: dict, trained: dict, decision: dict) -> dict:
+    """A day's scores, window and decision from its evaluate, train and gate outputs."""
+    overall = evaluated["ranking"]["slices"]["overall"]
+    return {"champion": (overall.get("champion") or {}).get(PRIMARY),
+            "candidate": (overall.get("candidate") or {}).get(PRIMARY),
+            "random": (overall.get("random") or {}).get(PRIMARY),
+            "logging_order": (overall.get("logging_order") or {}).get(PRIMARY),
+            "window_days": trained["window"]["days"], "fitted_days": trained["window"]["fitted_days"],
+            "warm_start": trained["warm_start"]["from"], "train_rows": trained["train_rows"],
+            "decision": decision.get("decision")}
+
+
 def day_record(workspace: Path, day: str, seconds: float, code: int, output: str) -> dict:
     record = {"day": day, "exit": code, "seconds": round(seconds, 1)}
     if code != 0:
         return record
-    evaluated = json.loads((workspace / "work/evaluate/metrics.json").read_text())
-    trained = json.loads((workspace / "work/train/metrics.json").read_text())
-    decision = json.loads((workspace / "work/gate/decision.json").read_text())
-    overall = evaluated["ranking"]["slices"]["overall"]
-    record.update({
-        "champion": (overall.get("champion") or {}).get(PRIMARY),
-        "candidate": (overall.get("candidate") or {}).get(PRIMARY),
-        "random": (overall.get("random") or {}).get(PRIMARY),
-        "logging_order": (overall.get("logging_order") or {}).get(PRIMARY),
-        "window_days": trained["window"]["days"],
-        "fitted_days": trained["window"]["fitted_days"],
-        "warm_start": trained["warm_start"]["from"],
-        "train_rows": trained["train_rows"],
-        "train_seconds": train_seconds(output),
-        "decision": decision.get("decision"),
-    })
-    return record
+    read = {name: json.loads((workspace / f"work/{name}").read_text())
+            for name in ("evaluate/metrics.json", "train/metrics.json", "gate/decision.json")}
+    return {**record, **outcome(*read.values()), "train_seconds": train_seconds(output)}
 
 
 def cached_output(workspace: Path, commit: str, path: str) -> dict:
@@ -112,18 +110,9 @@ def committed_days(workspace: Path) -> dict[str, str]:
 
 def resumed_record(workspace: Path, day: str, commit: str) -> dict:
     """A committed day's record, as day_record made it, without its seconds (not kept)."""
-    evaluated = cached_output(workspace, commit, "work/evaluate/metrics.json")
-    trained = cached_output(workspace, commit, "work/train/metrics.json")
-    decision = cached_output(workspace, commit, "work/gate/decision.json")
-    overall = evaluated["ranking"]["slices"]["overall"]
-    return {"day": day, "exit": 0, "seconds": None, "resumed": True,
-            "champion": (overall.get("champion") or {}).get(PRIMARY),
-            "candidate": (overall.get("candidate") or {}).get(PRIMARY),
-            "random": (overall.get("random") or {}).get(PRIMARY),
-            "logging_order": (overall.get("logging_order") or {}).get(PRIMARY),
-            "window_days": trained["window"]["days"], "fitted_days": trained["window"]["fitted_days"],
-            "warm_start": trained["warm_start"]["from"], "train_rows": trained["train_rows"],
-            "train_seconds": None, "decision": decision.get("decision")}
+    read = [cached_output(workspace, commit, f"work/{name}")
+            for name in ("evaluate/metrics.json", "train/metrics.json", "gate/decision.json")]
+    return {"day": day, "exit": 0, "seconds": None, "resumed": True, **outcome(*read), "train_seconds": None}
 
 
 def mean(values) -> float | None:

@@ -117,12 +117,11 @@ def test_the_window_weights_join_each_event_to_its_own_weight(tmp_path):
     rng = np.random.default_rng(3)
     ids = [f"e{i}" for i in range(500)]
     weights = rng.uniform(0.1, 3.0, size=500)
-    files = [_scores_file(tmp_path / "a.parquet", ids[:200], weights[:200]),
-             _scores_file(tmp_path / "b.parquet", ids[200:], weights[200:])]
+    scores = _scores_file(tmp_path / "a.parquet", ids, weights)
     wanted = pd.Series(rng.permutation(ids)[:300])
     expected = wanted.to_frame("event_id").merge(pd.DataFrame({"event_id": ids, "weight": weights}),
                                                  on="event_id", how="left")["weight"].to_numpy()
-    assert np.array_equal(aligned_weights(wanted, files), expected)
+    assert np.array_equal(aligned_weights(wanted, scores), expected)
 
 
 def test_the_window_weights_refuse_a_missing_event_and_a_duplicate_one(tmp_path):
@@ -132,10 +131,10 @@ def test_the_window_weights_refuse_a_missing_event_and_a_duplicate_one(tmp_path)
 
     first = _scores_file(tmp_path / "a.parquet", ["e1", "e2"], [1.0, 2.0])
     with pytest.raises(ValueError, match=r"no weight for 1 training events, e\.g\. e9"):
-        aligned_weights(pd.Series(["e1", "e9"]), [first])
-    again = _scores_file(tmp_path / "b.parquet", ["e2", "e3"], [0.5, 1.5])
+        aligned_weights(pd.Series(["e1", "e9"]), first)
+    twice = _scores_file(tmp_path / "b.parquet", ["e1", "e2", "e3", "e2"], [1.0, 2.0, 1.5, 0.5])
     with pytest.raises(ValueError, match="an event_id has more than one weight"):
-        aligned_weights(pd.Series(["e1", "e3"]), [first, again])
+        aligned_weights(pd.Series(["e1", "e3"]), twice)
 
 
 def test_the_window_weights_join_each_day_with_its_own_scores(tmp_path):

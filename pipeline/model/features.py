@@ -147,7 +147,7 @@ def _check_parts(parts: list[Features]) -> None:
             raise ValueError(f"the days' f_* feature columns differ: {list(first.numeric_names + first.categorical_names)} "
                              f"vs {list(part.numeric_names + part.categorical_names)}")
         if part.texts is None or first.texts is None or part.texts.shape != first.texts.shape:
-            raise ValueError("concat: the parts were not built against one text table")
+            raise ValueError("the parts were not built against one text table")
 
 
 def _all_columns(x: Features) -> list[torch.Tensor]:
@@ -156,7 +156,7 @@ def _all_columns(x: Features) -> list[torch.Tensor]:
 
 def take(parts: list[Features], indices: list) -> list[Features]:
     """For each index array (rows of the parts laid one after the other, as `concat` lays them), those rows
-    as one Features; what `concat(parts).subset(index)` gives, without ever holding the concatenation.
+    as one Features: the rows of the concatenation, without ever holding the concatenation.
     Empties `parts` as it goes: each part is freed once its rows are copied out, and the outputs start
     untouched (torch.empty), so the peak is the parts plus one part's share of the outputs, not the two
     whole copies of concat-then-subset."""
@@ -181,16 +181,6 @@ def take(parts: list[Features], indices: list) -> list[Features]:
         del part
     return [Features(*out[:6], texts=texts, ids=out[6], numeric=out[7], categorical=out[8], states=states, **names)
             for out in outs]
-
-
-def concat(parts: list[Features]) -> Features:
-    """The rows of several Features built by `build` against the same text table, one after the other."""
-    _check_parts(parts)
-    first = parts[0]
-    columns = [torch.cat(column) for column in zip(*(part._columns() for part in parts))]
-    return Features(*columns, texts=first.texts, ids=torch.cat([p.ids for p in parts]),
-                    numeric=torch.cat([p.numeric for p in parts]), categorical=torch.cat([p.categorical for p in parts]),
-                    numeric_names=first.numeric_names, categorical_names=first.categorical_names)
 
 
 def item_titles(impressions: pd.DataFrame, catalog: pd.DataFrame) -> list[str]:

@@ -26,15 +26,14 @@ def decide(registry_dir, day: str, decision: dict, encoder_dir: Path, model_dir:
         # A backfilled day never replaces a champion trained on newer data.
         return {"promoted": False, "reason": f"champion {live['model_id']} was trained on a later day"}
     candidate_id = champions.model_id_for(day, encoder_dir, model_dir)
-    if live is not None and live["model_id"] == candidate_id:
-        # A rerun of the run that promoted it: the same outcome, and no second promotion in the history.
-        return {"promoted": True, "model_id": candidate_id, "reason": "blessed by the gate"}
-    if champions.rolled_back(registry_dir, candidate_id):
-        # A rerun that rebuilds a withdrawn model must not undo the rollback behind the operator's back.
-        return {"promoted": False, "reason": f"model {candidate_id} was rolled back; "
-                                             f"`python -m pipeline rollback --to {candidate_id}` restores it"}
-    entry = champions.promote(registry_dir, day, encoder_dir, model_dir)
-    return {"promoted": True, "model_id": entry["model_id"], "reason": "blessed by the gate"}
+    # A rerun of the run that promoted it: the same outcome, and no second promotion in the history.
+    if live is None or live["model_id"] != candidate_id:
+        if champions.rolled_back(registry_dir, candidate_id):
+            # A rerun that rebuilds a withdrawn model must not undo the rollback behind the operator's back.
+            return {"promoted": False, "reason": f"model {candidate_id} was rolled back; "
+                                                 f"`python -m pipeline rollback --to {candidate_id}` restores it"}
+        champions.promote(registry_dir, day, encoder_dir, model_dir)
+    return {"promoted": True, "model_id": candidate_id, "reason": "blessed by the gate"}
 
 
 def run(decision_file, day: str, encoder_dir, model_dir, out_dir, params: dict) -> dict:

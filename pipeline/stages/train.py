@@ -67,21 +67,21 @@ def weight_files(weights: str | Path, days: list[str]) -> list[Path]:
     return files
 
 
-def aligned_weights(event_ids: pd.Series, files: list[Path]):
-    """Each event's weight from the window's scores files, joined on event_id in Arrow: a pandas merge of
-    tens of millions of string keys would hold a Python object per key."""
+def aligned_weights(event_ids: pd.Series, scores: Path):
+    """Each event's weight from a day's scores file, joined on event_id in Arrow: a pandas merge of
+    millions of string keys would hold a Python object per key."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(f, columns=["event_id", "weight"]) for f in files])
+    table = pq.read_table(scores, columns=["event_id", "weight"])
     keys = table.column("event_id").combine_chunks()
     if len(pc.unique(keys)) != len(keys):
-        raise ValueError(f"{', '.join(map(str, files))}: an event_id has more than one weight")
+        raise ValueError(f"{scores}: an event_id has more than one weight")
     index = pc.index_in(pa.array(event_ids, type=keys.type), value_set=keys)
     missing = index.is_null().to_numpy(zero_copy_only=False)
     if missing.any():
-        raise ValueError(f"{', '.join(map(str, files))}: no weight for {int(missing.sum())} training "
+        raise ValueError(f"{scores}: no weight for {int(missing.sum())} training "
                          f"events, e.g. {event_ids[missing].iloc[0]}")
     return table.column("weight").to_numpy()[index.to_numpy()]
 
@@ -97,7 +97,7 @@ def window_weights(impressions: pd.DataFrame, rows: np.ndarray, days: list[str],
     for day, scores in zip(days, files):
         at = np.flatnonzero(day_of_row == code_of.get(day, -1))
         if at.size:
-            out[at] = aligned_weights(impressions["event_id"].iloc[rows[at]].reset_index(drop=True), [scores])
+            out[at] = aligned_weights(impressions["event_id"].iloc[rows[at]].reset_index(drop=True), scores)
             joined += at.size
     if joined != len(rows):
         raise ValueError(f"{len(rows) - joined} training rows are of no window day with a scores file "
