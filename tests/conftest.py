@@ -106,3 +106,13 @@ def airflow_db() -> str:
     """Airflow's SQLite metadata database, migrated once per test session."""
     run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], ROOT)
     return _AIRFLOW_HOME
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print what a test recorded as its `deployment_log` property (the deployment test's account of
+    where each task ran): it reaches the end of the run's output, from any xdist worker."""
+    for report in terminalreporter.getreports("passed") + terminalreporter.getreports("failed"):
+        for name, value in getattr(report, "user_properties", []):
+            if name == "deployment_log":
+                terminalreporter.write_sep("-", f"deployment: {report.nodeid}")
+                terminalreporter.write_line(value)

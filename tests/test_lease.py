@@ -5,7 +5,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import DAY, ROOT
+from conftest import DAY, ROOT, make_workspace
 from pipeline.ops import lease
 
 STALE = 60.0
@@ -186,3 +186,14 @@ def test_a_lone_airflow_run_takes_the_lease_on_its_first_poke(tmp_path, monkeypa
     [record] = lease.history(workspace)
     assert record["day"] == DAY and record["forced"] is False
     assert record["waited_seconds"] < 1.0 and record["asked_at"] == record["acquired_at"]
+
+
+def test_a_stage_on_a_worker_without_the_shared_workspace_refuses_and_says_why(workspace, tmp_path):
+    # The run took the lease of the shared workspace; this worker's SIEVE_WORKSPACE is another folder.
+    lease.acquire(workspace, "backfill__2026-11-02", DAY, STALE)
+    elsewhere = make_workspace(tmp_path / "not-shared")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "repro", "--workspace", str(elsewhere), "--day", DAY,
+                             "--holder", "backfill__2026-11-02", "validate"], capture_output=True, text=True)
+    assert result.returncode == 4, result.stderr
+    assert "no run holds this workspace's lease" in result.stderr and "shared folder" in result.stderr
+    assert not (elsewhere / "run" / "context.yaml").exists() and not (elsewhere / "work").exists()

@@ -42,8 +42,13 @@ class LeaseHeld(Exception):
 
     def __init__(self, lease: dict):
         self.lease = lease
-        super().__init__(f"the workspace is leased to {lease['holder']!r} (day {lease['day']}, "
-                         f"since {lease['acquired_at']})")
+        if lease.get("holder") is None:
+            # On a worker that does not mount the shared workspace, the lease its run took is elsewhere.
+            super().__init__("no run holds this workspace's lease: is it the workspace the run took (the "
+                             "same shared folder on every worker)?")
+        else:
+            super().__init__(f"the workspace is leased to {lease['holder']!r} (day {lease['day']}, "
+                             f"since {lease['acquired_at']})")
 
 
 def now() -> float:
