@@ -67,6 +67,10 @@ def train_seconds(output: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+# What a day's record is read from: evaluate's metrics, train's metrics, the gate's decision (outcome's order).
+OUTPUTS = ("work/evaluate/metrics.json", "work/train/metrics.json", "work/gate/decision.json")
+
+
 def outcome(evaluated: dict, trained: dict, decision: dict) -> dict:
     """A day's scores, window and decision from its evaluate, train and gate outputs."""
     overall = evaluated["ranking"]["slices"]["overall"]
@@ -83,9 +87,8 @@ def day_record(workspace: Path, day: str, seconds: float, code: int, output: str
     record = {"day": day, "exit": code, "seconds": round(seconds, 1)}
     if code != 0:
         return record
-    read = {name: json.loads((workspace / f"work/{name}").read_text())
-            for name in ("evaluate/metrics.json", "train/metrics.json", "gate/decision.json")}
-    return {**record, **outcome(*read.values()), "train_seconds": train_seconds(output)}
+    read = [json.loads((workspace / path).read_text()) for path in OUTPUTS]
+    return {**record, **outcome(*read), "train_seconds": train_seconds(output)}
 
 
 def cached_output(workspace: Path, commit: str, path: str) -> dict:
@@ -110,8 +113,7 @@ def committed_days(workspace: Path) -> dict[str, str]:
 
 def resumed_record(workspace: Path, day: str, commit: str) -> dict:
     """A committed day's record, as day_record made it, without its seconds (not kept)."""
-    read = [cached_output(workspace, commit, f"work/{name}")
-            for name in ("evaluate/metrics.json", "train/metrics.json", "gate/decision.json")]
+    read = [cached_output(workspace, commit, path) for path in OUTPUTS]
     return {"day": day, "exit": 0, "seconds": None, "resumed": True, **outcome(*read), "train_seconds": None}
 
 

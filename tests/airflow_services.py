@@ -23,11 +23,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def terminate_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM a process started in its own session, and its children; SIGKILL them after `timeout`."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 class AirflowServices:
+    SERVICES = ("api-server", "scheduler", "dag-processor")
+
     def __init__(self, home: Path, workspace: Path, parallelism: int = 3, env: dict | None = None):
         self.home, self.workspace = home, workspace
         self.port = free_port()
         self.procs: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, int] = {}  # every process started, by name: its pid (kept once it is gone)
         home.mkdir(parents=True, exist_ok=True)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
@@ -64,20 +87,20 @@ class AirflowServices:
 
     def start(self) -> "AirflowServices":
         self.airflow("db", "migrate")
-        for name, args in (("api-server", ["api-server", "--port", str(self.port)]),
-                           ("scheduler", ["scheduler"]), ("dag-processor", ["dag-processor"])):
-            log = open(self.home / f"{name}.log", "w")
-            self.procs[name] = subprocess.Popen([str(BIN / "airflow"), *args], env=self.env, stdout=log,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
+        for name in self.SERVICES:
+            self.spawn(name, ["api-server", "--port", str(self.port)] if name == "api-server" else [name])
         self.wait_for(self.api_ready, 180, "the api-server to answer")
         return self
 
+    def spawn(self, name: str, args: list[str], env: dict | None = None) -> None:
+        """`airflow <args>` in its own session, logging to <home>/<name>.log."""
+        log = open(self.home / f"{name}.log", "a")
+        self.procs[name] = subprocess.Popen([str(BIN / "airflow"), *args], env={**self.env, **(env or {})},
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started[name] = self.procs[name].pid
+
     def api_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", timeout=5) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return http_ok(f"http://127.0.0.1:{self.port}/api/v2/monitor/health")
 
     def api(self, method: str, path: str, body: dict | None = None) -> dict:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}/api/v2/{path}", method=method,
@@ -125,23 +148,17 @@ class AirflowServices:
 
     def logs_tail(self, chars: int = 3000) -> str:
         tails = []
-        for name in ("api-server", "scheduler", "dag-processor"):
+        for name in self.started:
             path = self.home / f"{name}.log"
             if path.is_file():
                 tails.append(f"--- {name}.log ---\n{path.read_text(errors='replace')[-chars:]}")
         return "\n".join(tails)
 
     def stop(self) -> None:
-        """Stop the processes this object started (each in its own session: its workers go too)."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        """Stop the processes this object started (each in its own session: its workers go too), the last
+        started first: a Celery worker takes no task that a stopping scheduler would leave half-done."""
+        for proc in reversed(list(self.procs.values())):
+            terminate_group(proc, timeout=60)
 
     def __enter__(self) -> "AirflowServices":
         try:

@@ -12,12 +12,11 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 
-from airflow_services import BIN, AirflowServices, free_port
+from airflow_services import BIN, AirflowServices, free_port, http_ok
 
 TESTS = Path(__file__).resolve().parent
 
@@ -132,7 +131,7 @@ class CeleryDeployment(AirflowServices):
     triggerer, and one Celery worker per entry of `workers` ({name: queues}), each with concurrency 1.
     A worker's name is the hostname its task instances record, as separate machines' would."""
 
-    SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+    SERVICES = (*AirflowServices.SERVICES, "triggerer")
 
     def __init__(self, home: Path, workspace: Path, postgres: Postgres, redis: Redis,
                  workers: dict[str, list[str]], env: dict | None = None):
@@ -141,14 +140,9 @@ class CeleryDeployment(AirflowServices):
                   "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(self.health_port)}
         super().__init__(home, workspace, env={**celery, **(env or {})})
         self.workers = workers
-        self.started: list[int] = []
 
     def start(self) -> "CeleryDeployment":
-        self.airflow("db", "migrate")
-        for name in self.SERVICES:
-            args = ["api-server", "--port", str(self.port)] if name == "api-server" else [name]
-            self.spawn(name, args)
-        self.wait_for(self.api_ready, 180, "the api-server to answer")
+        super().start()
         self.wait_for(self.scheduler_healthy, 180, "the scheduler's health check (as compose's healthcheck asks it)")
         for name in self.workers:
             self.start_worker(name)
@@ -156,17 +150,7 @@ class CeleryDeployment(AirflowServices):
         return self
 
     def scheduler_healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/health", timeout=5) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def spawn(self, name: str, args: list[str], env: dict | None = None) -> None:
-        log = open(self.home / f"{name}.log", "a")
-        self.procs[name] = subprocess.Popen([str(BIN / "airflow"), *args], env={**self.env, **(env or {})},
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.started.append(self.procs[name].pid)
+        return http_ok(f"http://127.0.0.1:{self.health_port}/health")
 
     def start_worker(self, name: str) -> None:
         self.spawn(name, ["celery", "worker", "--queues", ",".join(self.workers[name]), "--concurrency", "1",
@@ -192,26 +176,6 @@ class CeleryDeployment(AirflowServices):
                 pass
         proc.wait(timeout=30)
         return tree
-
-    def logs_tail(self, chars: int = 3000) -> str:
-        tails = []
-        for name in (*self.SERVICES, *self.workers):
-            path = self.home / f"{name}.log"
-            if path.is_file():
-                tails.append(f"--- {name}.log ---\n{path.read_text(errors='replace')[-chars:]}")
-        return "\n".join(tails)
-
-    def stop(self) -> None:
-        # Workers first, so none takes a task the stopping scheduler would leave half-done.
-        for name in [*self.workers, *self.SERVICES]:
-            proc = self.procs.get(name)
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
 
 
 def celery_settings(database_url: str, result_backend: str, broker_url: str) -> dict[str, str]:

@@ -148,7 +148,7 @@ def deployment(tmp_path_factory):
                 f"SELECT {columns} FROM task_instance WHERE dag_id = 'sieve_retrain' UNION ALL "
                 f"SELECT {columns} FROM task_instance_history WHERE dag_id = 'sieve_retrain' ORDER BY start_date")
             logs = airflow.logs_tail()
-        our_pids = [*airflow.started, postgres.server_pid(), redis.proc.pid]
+        our_pids = [*airflow.started.values(), postgres.server_pid(), redis.proc.pid]
     finally:
         redis.stop()
         postgres.stop()

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ from urllib.parse import quote
 
 import pytest
 
+from airflow_services import free_port, terminate_group
 from conftest import ROOT
 
 DAG_ID = "sieve_retrain"
@@ -316,12 +315,6 @@ def test_reports_need_read_access_to_the_dags_runs(client, reports, monkeypatch)
 
 # --- the real api-server ----------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_api_server_mounts_the_app(reports, manual_run, tmp_path):
     """`airflow api-server` on 127.0.0.1: sign in, read the tab's href, follow it to the report."""
@@ -360,12 +353,7 @@ def test_the_api_server_mounts_the_app(reports, manual_run, tmp_path):
             assert http.get(f"{PREFIX}/days/2026-11-01/data_docs/static/styles/data_docs.css") \
                 .headers["content-type"].startswith("text/css")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        terminate_group(server, timeout=15)
         log.close()
 
 

@@ -155,8 +155,8 @@ def _all_columns(x: Features) -> list[torch.Tensor]:
 
 
 def take(parts: list[Features], indices: list) -> list[Features]:
-    """For each index array (rows of the parts laid one after the other, as `concat` lays them), those rows
-    as one Features: the rows of the concatenation, without ever holding the concatenation.
+    """For each index array (rows of the parts laid one after the other), those rows as one Features:
+    the rows of the parts' concatenation, without ever holding the concatenation.
     Empties `parts` as it goes: each part is freed once its rows are copied out, and the outputs start
     untouched (torch.empty), so the peak is the parts plus one part's share of the outputs, not the two
     whole copies of concat-then-subset."""
