@@ -15,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+LOCKED_ATTEMPTS = 3
 
 
 def free_port() -> int:
@@ -78,8 +79,16 @@ class AirflowServices:
         }
 
     def airflow(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        result = subprocess.run([str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True,
-                                timeout=timeout)
+        for attempt in range(1, LOCKED_ATTEMPTS + 1):
+            result = subprocess.run([str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True,
+                                    timeout=timeout)
+            # In WAL mode SQLite refuses a read transaction's upgrade to a write at once when another
+            # process wrote meanwhile: no busy timeout helps. The command rolled back (backfill create
+            # removes its partial runs for exactly this), so running it again is what a user would do.
+            if not (result.returncode and "database is locked" in result.stdout + result.stderr
+                    and attempt < LOCKED_ATTEMPTS):
+                break
+            time.sleep(2 * attempt)
         if check and result.returncode:
             raise AssertionError(f"airflow {' '.join(args)} exited {result.returncode}\n{result.stdout}\n"
                                  f"{result.stderr}\n{self.logs_tail()}")
