@@ -66,6 +66,36 @@ def test_a_nonsense_window_is_refused_by_name(value):
         window.window_days({"train": {"window_days": value}})
 
 
+@pytest.mark.parametrize("value", [0, -0.5, 1.5, True, "0.5"])
+def test_a_nonsense_window_decay_is_refused_by_name(value):
+    with pytest.raises(ValueError, match="train.window_decay"):
+        window.decay({"train": {"window_decay": value}})
+
+
+def test_older_days_weigh_less_by_their_calendar_distance_from_the_run_day(tmp_path):
+    from pipeline.stages.train import window_weights
+
+    days = ["2026-11-01", "2026-11-03", "2026-11-04"]  # 11-02 left out: 11-01 is still two days older than 11-03
+    recency = window.day_weights(days, "2026-11-04", 0.5)
+    assert recency == {"2026-11-01": 0.125, "2026-11-03": 0.5, "2026-11-04": 1.0}
+    rng = np.random.default_rng(3)
+    frames, files = [], []
+    for day in days:
+        ids = [f"{day}-{i}" for i in range(6)]
+        files.append(tmp_path / f"{day}.parquet")
+        pq.write_table(pa.table({"event_id": ids[::-1], "weight": rng.uniform(0.5, 2, 6)}), files[-1])
+        frames.append(pd.DataFrame({"event_id": ids, "day": day}))
+    impressions = pd.concat(frames, ignore_index=True).astype({"day": "category"})
+    rows = rng.permutation(len(impressions))[:12]
+    got = window_weights(impressions, rows, days, files, recency)
+    # Brute force: a pandas merge of every day's scores, times the day's factor.
+    scores = pd.concat([pq.read_table(f).to_pandas() for f in files]).set_index("event_id")["weight"]
+    picked = impressions.iloc[rows]
+    expected = scores.loc[picked["event_id"]].to_numpy() * picked["day"].astype(str).map(recency).to_numpy()
+    assert np.allclose(got, expected)
+    assert np.allclose(window_weights(impressions, rows, days, files), scores.loc[picked["event_id"]].to_numpy())
+
+
 def test_requests_sharing_the_cut_time_are_held_out_together():
     ts = pd.to_datetime(["2026-11-01 10:00", "2026-11-01 11:00", "2026-11-01 12:00", "2026-11-01 12:00",
                          "2026-11-01 13:00"], utc=True)
@@ -149,9 +179,9 @@ def test_each_day_is_scored_once_and_reused(windowed):
         f"dt={DAY}", f"dt={THIRD}"]
 
 
-def warm_train(workspace, out, **changes) -> dict:
+def warm_train(workspace, out, warm: bool = True, **changes) -> dict:
     params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["train"].update(warm_start=True)
+    params["train"].update(warm_start=warm)
     for section, knobs in changes.items():
         params[section].update(knobs)
     (out / "params.yaml").parent.mkdir(parents=True, exist_ok=True)
@@ -207,3 +237,15 @@ def test_a_new_estimator_rescores_the_window_through_dvc_and_nothing_else(window
     # What is left to run is the training on the new weights (and, once it has run, what follows it).
     status = run([sys.executable, "-m", "dvc", "status", "--json"], workspace)
     assert set(json.loads(status.stdout)) == {"train"}, status.stdout
+
+
+def test_a_window_decay_weighs_the_older_days_less_in_training(windowed, tmp_path):
+    workspace = windowed["workspace"]
+    flat = warm_train(workspace, tmp_path / "flat", warm=False)
+    decayed = warm_train(workspace, tmp_path / "decayed", warm=False, train={"window_decay": 0.25})
+    # The rejected day between them still counts as a day of distance.
+    assert flat["window"]["recency_weight_by_day"] == {DAY: 1.0, THIRD: 1.0}
+    assert decayed["window"]["recency_weight_by_day"] == {DAY: 0.0625, THIRD: 1.0}
+    # The same rows, weighted otherwise: another fit (the validation rows are the newest day's, unchanged).
+    assert decayed["train_rows"] == flat["train_rows"] and decayed["validation_rows"] == flat["validation_rows"]
+    assert decayed["final_weighted_loss"] != flat["final_weighted_loss"]

@@ -86,10 +86,13 @@ def aligned_weights(event_ids: pd.Series, scores: Path):
     return table.column("weight").to_numpy()[index.to_numpy()]
 
 
-def window_weights(impressions: pd.DataFrame, rows: np.ndarray, days: list[str], files: list[Path]) -> np.ndarray:
+def window_weights(impressions: pd.DataFrame, rows: np.ndarray, days: list[str], files: list[Path],
+                   recency: dict[str, float] | None = None) -> np.ndarray:
     """The weight of each of `rows` (positions in the window's impressions, whose `day` column names the
     day of each), joined day by day, each day's rows with its own scores file: the join's hash table
-    then holds one day's event ids, not the window's (a 2 x 10 M window peaked on it)."""
+    then holds one day's event ids, not the window's (a 2 x 10 M window peaked on it). `recency` scales
+    each day's importance weights (train.window_decay)."""
+    recency = recency or {}
     out = np.empty(len(rows), dtype=np.float64)
     day_of_row = impressions["day"].cat.codes.to_numpy()[rows]
     code_of = {day: code for code, day in enumerate(impressions["day"].cat.categories)}
@@ -98,6 +101,7 @@ def window_weights(impressions: pd.DataFrame, rows: np.ndarray, days: list[str],
         at = np.flatnonzero(day_of_row == code_of.get(day, -1))
         if at.size:
             out[at] = aligned_weights(impressions["event_id"].iloc[rows[at]].reset_index(drop=True), scores)
+            out[at] *= recency.get(day, 1.0)
             joined += at.size
     if joined != len(rows):
         raise ValueError(f"{len(rows) - joined} training rows are of no window day with a scores file "
@@ -187,7 +191,7 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
         encoder_dir=None, window: dict | None = None, champion: dict | None = None,
         warm_note: str | None = None) -> dict:
     from pipeline.compute import setup
-    from pipeline.data.window import describe, earlier_days
+    from pipeline.data.window import day_weights, decay, describe, earlier_days
     from pipeline.model import distributed, embeddings, features, ranker, text_tower, training
     from pipeline.model.checkpoints import Checkpoints
     from pipeline.model.dataset import load_window
@@ -208,7 +212,9 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
     fit_mask, validation_mask, calibration_mask = split_training_slice(in_train, cfg)
     rows = trained[fit_mask]
     validation_rows, calibration_rows = trained[validation_mask], trained[calibration_mask]
-    all_weights = window_weights(data.impressions, trained, days, weight_files(weights_source, days))
+    # Older days count less: the newest traffic is what the model will serve next.
+    recency = day_weights(days, day, decay(params))
+    all_weights = window_weights(data.impressions, trained, days, weight_files(weights_source, days), recency)
     weights = all_weights[fit_mask]
     tower = None
     layers = text_tower.tuned_layers(params)
@@ -263,6 +269,7 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
     per_day = data.impressions["day"].iloc[trained].value_counts()
     metrics = {"window": {"days": window_days, "fitted_days": days, "left_out": window.get("left_out", []),
                           "rows_by_day": {d: int(per_day.get(d, 0)) for d in days},
+                          "recency_weight_by_day": {d: round(recency[d], 6) for d in days},
                           "trained_until": iso(ts.iloc[trained].max()),
                           "evaluated_from": iso(ts[data.holdout].min()) if data.holdout.any() else None,
                           "rows_dropped_at_the_evaluation_cut": straddling},
