@@ -330,7 +330,8 @@ def test_the_api_server_mounts_the_app(reports, manual_run, tmp_path):
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 25
+        # Generous: beside the scheduler and deployment tests on two cores a start has taken over 25 s.
+        deadline = time.monotonic() + 120
         while True:
             assert server.poll() is None, (tmp_path / "api-server.log").read_text()[-3000:]
             try:
@@ -338,7 +339,7 @@ def test_the_api_server_mounts_the_app(reports, manual_run, tmp_path):
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "api-server did not start in 25 s"
+            assert time.monotonic() < deadline, "api-server did not start in 120 s"
             time.sleep(0.3)
         with httpx.Client(base_url=base, timeout=10) as http:
             password = json.loads(passwords.read_text())["admin"]
