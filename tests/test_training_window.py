@@ -241,7 +241,7 @@ def test_a_new_estimator_rescores_the_window_through_dvc_and_nothing_else(window
 
 def test_a_window_decay_weighs_the_older_days_less_in_training(windowed, tmp_path):
     workspace = windowed["workspace"]
-    flat = warm_train(workspace, tmp_path / "flat", warm=False)
+    flat = warm_train(workspace, tmp_path / "flat", warm=False, train={"window_decay": 1.0})
     decayed = warm_train(workspace, tmp_path / "decayed", warm=False, train={"window_decay": 0.25})
     # The rejected day between them still counts as a day of distance.
     assert flat["window"]["recency_weight_by_day"] == {DAY: 1.0, THIRD: 1.0}
