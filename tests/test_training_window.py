@@ -179,7 +179,8 @@ def test_each_day_is_scored_once_and_reused(windowed):
         f"dt={DAY}", f"dt={THIRD}"]
 
 
-def warm_train(workspace, out, warm: bool = True, **changes) -> dict:
+def train_third(workspace, out, warm: bool = True, **changes) -> dict:
+    """The train command on the third day with the workspace's params changed (warm start on by default)."""
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["train"].update(warm_start=warm)
     for section, knobs in changes.items():
@@ -201,7 +202,7 @@ def test_a_warm_start_begins_at_the_champion_and_fits_the_newer_days(windowed, t
     champion = json.loads((workspace / "run/baseline.json").read_text())["champion"]
     assert champion["day"] == DAY  # the rejected day promoted nothing
     # A learning rate of 0: whatever the fit does, the weights stay where they started.
-    metrics = warm_train(workspace, tmp_path / "warm", train={"learning_rate": 0.0, "weight_decay": 0.0})
+    metrics = train_third(workspace, tmp_path / "warm", train={"learning_rate": 0.0, "weight_decay": 0.0})
     assert metrics["warm_start"]["from"] == champion["model_id"]
     assert metrics["window"]["days"] == [DAY, THIRD] and metrics["window"]["fitted_days"] == [THIRD]
     assert list(metrics["window"]["rows_by_day"]) == [THIRD]
@@ -212,7 +213,7 @@ def test_a_warm_start_begins_at_the_champion_and_fits_the_newer_days(windowed, t
         if name != "click_calibration":  # recalibrated on the day's calibration rows
             assert torch.equal(fitted[name], tensor), name
     # Another architecture cannot start from it: the whole window from scratch, and the reason.
-    cold = warm_train(workspace, tmp_path / "cold", ranker={"hidden": 16})
+    cold = train_third(workspace, tmp_path / "cold", ranker={"hidden": 16})
     assert cold["warm_start"]["from"] is None and "differs in hidden" in cold["warm_start"]["note"]
     assert cold["window"]["fitted_days"] == [DAY, THIRD]
 
@@ -241,8 +242,8 @@ def test_a_new_estimator_rescores_the_window_through_dvc_and_nothing_else(window
 
 def test_a_window_decay_weighs_the_older_days_less_in_training(windowed, tmp_path):
     workspace = windowed["workspace"]
-    flat = warm_train(workspace, tmp_path / "flat", warm=False, train={"window_decay": 1.0})
-    decayed = warm_train(workspace, tmp_path / "decayed", warm=False, train={"window_decay": 0.25})
+    flat = train_third(workspace, tmp_path / "flat", warm=False, train={"window_decay": 1.0})
+    decayed = train_third(workspace, tmp_path / "decayed", warm=False, train={"window_decay": 0.25})
     # The rejected day between them still counts as a day of distance.
     assert flat["window"]["recency_weight_by_day"] == {DAY: 1.0, THIRD: 1.0}
     assert decayed["window"]["recency_weight_by_day"] == {DAY: 0.0625, THIRD: 1.0}
