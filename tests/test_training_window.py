@@ -21,6 +21,7 @@ from pipeline.data.contract import DayPaths, impression_parts
 from pipeline.model import dataset
 from pipeline.model.features import holdout_mask
 from pipeline.runplan import EXIT_DATA_REJECTED
+from pipeline.stages.train import recency_weights, window_decay, window_weights
 
 REJECTED, THIRD = "2026-11-02", "2026-11-03"
 
@@ -69,14 +70,12 @@ def test_a_nonsense_window_is_refused_by_name(value):
 @pytest.mark.parametrize("value", [0, -0.5, 1.5, True, "0.5"])
 def test_a_nonsense_window_decay_is_refused_by_name(value):
     with pytest.raises(ValueError, match="train.window_decay"):
-        window.decay({"train": {"window_decay": value}})
+        window_decay({"train": {"window_decay": value}})
 
 
 def test_older_days_weigh_less_by_their_calendar_distance_from_the_run_day(tmp_path):
-    from pipeline.stages.train import window_weights
-
     days = ["2026-11-01", "2026-11-03", "2026-11-04"]  # 11-02 left out: 11-01 is still two days older than 11-03
-    recency = window.day_weights(days, "2026-11-04", 0.5)
+    recency = recency_weights(days, "2026-11-04", 0.5)
     assert recency == {"2026-11-01": 0.125, "2026-11-03": 0.5, "2026-11-04": 1.0}
     rng = np.random.default_rng(3)
     frames, files = [], []

@@ -30,21 +30,6 @@ def window_days(params: dict) -> int:
     return value
 
 
-def decay(params: dict) -> float:
-    """train.window_decay: how much a day weighs against the day after it (1: every window day alike)."""
-    value = params["train"].get("window_decay", 1.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"train.window_decay must be a number in (0, 1], got {value!r}")
-    return float(value)
-
-
-def day_weights(days: list[str], day: str, factor: float) -> dict[str, float]:
-    """Each window day's weight multiplier: factor ** (calendar days before `day`), so a gap in the window
-    does not make an older day count as a newer one."""
-    last = date.fromisoformat(day)
-    return {d: factor ** (last - date.fromisoformat(d)).days for d in days}
-
-
 def calendar_days(day: str, count: int) -> list[str]:
     """The `count` calendar days ending at `day`, oldest first."""
     last = date.fromisoformat(day)

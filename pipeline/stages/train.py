@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,21 @@ def aligned_weights(event_ids: pd.Series, scores: Path):
         raise ValueError(f"{scores}: no weight for {int(missing.sum())} training "
                          f"events, e.g. {event_ids[missing].iloc[0]}")
     return table.column("weight").to_numpy()[index.to_numpy()]
+
+
+def window_decay(params: dict) -> float:
+    """train.window_decay: how much a day weighs against the day after it (1: every window day alike)."""
+    value = params["train"].get("window_decay", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"train.window_decay must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def recency_weights(days: list[str], day: str, factor: float) -> dict[str, float]:
+    """Each window day's weight multiplier: factor ** (calendar days before `day`), so a gap in the window
+    does not make an older day count as a newer one."""
+    last = date.fromisoformat(day)
+    return {d: factor ** (last - date.fromisoformat(d)).days for d in days}
 
 
 def window_weights(impressions: pd.DataFrame, rows: np.ndarray, days: list[str], files: list[Path],
@@ -191,7 +207,7 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
         encoder_dir=None, window: dict | None = None, champion: dict | None = None,
         warm_note: str | None = None) -> dict:
     from pipeline.compute import setup
-    from pipeline.data.window import day_weights, decay, describe, earlier_days
+    from pipeline.data.window import describe, earlier_days
     from pipeline.model import distributed, embeddings, features, ranker, text_tower, training
     from pipeline.model.checkpoints import Checkpoints
     from pipeline.model.dataset import load_window
@@ -213,7 +229,7 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
     rows = trained[fit_mask]
     validation_rows, calibration_rows = trained[validation_mask], trained[calibration_mask]
     # Older days count less: the newest traffic is what the model will serve next.
-    recency = day_weights(days, day, decay(params))
+    recency = recency_weights(days, day, window_decay(params))
     all_weights = window_weights(data.impressions, trained, days, weight_files(weights_source, days), recency)
     weights = all_weights[fit_mask]
     tower = None
