@@ -23,13 +23,16 @@ import platform
 import shutil
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import yaml
+from training_window import committed_days  # this folder: the workspaces it reads are that script's
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipeline.data.window import calendar_days  # noqa: E402
+
 BIN = Path(sys.executable).parent
 RESAMPLES = 1000
 
@@ -56,8 +59,7 @@ def day_state(source: Path, work: Path, day: str) -> Path:
     here = work / day
     if here.exists():
         return here
-    commits = run(["git", "log", "--format=%H %s"], source).splitlines()
-    commit = next((line.split()[0] for line in commits if f" sieve {day}:" in line), None)
+    commit = committed_days(source).get(day)
     if commit is None:
         raise SystemExit(f"{source} has not committed {day}")
     run(["git", "clone", "-q", str(source), str(here)], work)
@@ -85,12 +87,11 @@ def train_variant(here: Path, day: str, name: str, knobs: dict) -> Path:
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The train stage reads its days from the window file repro wrote, not from the knob: narrow it here.
     window = json.loads((here / "run" / "train_window.json").read_text())
-    last = date.fromisoformat(day)
-    keep = [d for d in window["days"] if (last - date.fromisoformat(d)).days < params["train"]["window_days"]]
-    window.update(window_days=params["train"]["window_days"], days=keep,
-                  earlier=[e for e in window["earlier"] if e["day"] in keep],
-                  left_out=[e for e in window["left_out"] if (last - date.fromisoformat(e["day"])).days
-                            < params["train"]["window_days"]])
+    size = params["train"]["window_days"]
+    inside = set(calendar_days(day, size))
+    window.update(window_days=size, days=[d for d in window["days"] if d in inside],
+                  earlier=[e for e in window["earlier"] if e["day"] in inside],
+                  left_out=[e for e in window["left_out"] if e["day"] in inside])
     (out / "train_window.json").write_text(json.dumps(window))
     shared = ["--data", "data/raw", "--day", day, "--embeddings", "work/pretrain/embeddings",
               "--encoder", "work/pretrain/encoder", "--baseline", "run/baseline.json", "--params",
@@ -105,7 +106,6 @@ def train_variant(here: Path, day: str, name: str, knobs: dict) -> Path:
 def compare(here: Path, day: str, models: dict[str, Path], reference: str) -> dict:
     """Each model's true NDCG@10 on the day's held-out requests, and its paired difference from `reference`,
     scored as evaluate scores the candidate (the same held-out rows, features and tie-breaking)."""
-    sys.path.insert(0, str(ROOT))
     from pipeline.model import baselines, ranker
     from pipeline.model import metrics as m
     from pipeline.model.dataset import load_day
