@@ -7,7 +7,7 @@
 `--source` is a workspace of benchmarks/training_window.py. For each day it committed, the day's state
 (its commit, the outputs restored from the source's DVC cache, the source's raw data and registry) is
 cloned into --work with this checkout's package. Every variant (NAME=KNOB:VALUE;KNOB:VALUE, a knob
-`section.key` or a top-level key) runs the train stage and then evaluate, as the DAG runs them, beside
+a dotted path such as `ranker.ids.buckets`, or a top-level key) runs the train stage and then evaluate, as the DAG runs them, beside
 `state`, the model the source trained that day. The score is NDCG@10 against the simulator's true
 relevance on the day's held-out rows, and each model's difference from `--reference` comes with a
 95 % interval from a paired bootstrap over the held-out requests (the same resamples for every model).
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 def parse_variants(text: str) -> dict[str, dict]:
     variants = {}
-    for item in filter(None, text.split(",")):
+    # A comma starts the next variant only where NAME= follows, so a value may be a YAML list: [a, b].
+    for item in filter(None, re.split(r",(?=\s*[\w-]+=)", text)):
         name, _, knobs = item.partition("=")
         variants[name] = {key: yaml.safe_load(value) for key, _, value in
                           (knob.partition(":") for knob in knobs.split(";") if knob)}
@@ -81,8 +83,11 @@ def train_variant(here: Path, day: str, name: str, knobs: dict) -> Path:
         return out / "train" / "model"
     params = yaml.safe_load((here / "params.yaml").read_text())
     for key, value in knobs.items():
-        section, _, knob = key.rpartition(".")
-        (params[section] if section else params)[knob] = value
+        *sections, knob = key.split(".")
+        node = params
+        for section in sections:
+            node = node[section]
+        node[knob] = value
     out.mkdir(parents=True, exist_ok=True)
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The train stage reads its days from the window file repro wrote, not from the knob: narrow it here.
