@@ -6,11 +6,12 @@
 
 `--source` is a workspace of benchmarks/training_window.py. For each day it committed, the day's state
 (its commit, the outputs restored from the source's DVC cache, the source's raw data and registry) is
-cloned into --work with this checkout's package. Every variant (NAME=KNOB:VALUE;KNOB:VALUE, a knob
-a dotted path such as `ranker.ids.buckets`, or a top-level key) runs the train stage and then evaluate, as the DAG runs them, beside
-`state`, the model the source trained that day. The score is NDCG@10 against the simulator's true
-relevance on the day's held-out rows, and each model's difference from `--reference` comes with a
-95 % interval from a paired bootstrap over the held-out requests (the same resamples for every model).
+cloned into --work with this checkout's package. Every variant (NAME=KNOB:VALUE;KNOB:VALUE, a knob a
+params key, dotted such as `ranker.ids.buckets`; a value YAML, a list too) runs the train stage and then
+evaluate, as the DAG runs them, beside `state`, the model the source trained that day. The score is
+NDCG@10 against the simulator's true relevance on the day's held-out rows, and each model's difference
+from `--reference` comes with a 95 % interval from a paired bootstrap over the held-out requests (the
+same resamples for every model).
 A seed variant measures how far two fits of the same knobs land apart: the noise any other difference is
 read against. Prints a table per day and writes JSON.
 """
@@ -86,7 +87,10 @@ def train_variant(here: Path, day: str, name: str, knobs: dict) -> Path:
         *sections, knob = key.split(".")
         node = params
         for section in sections:
-            node = node[section]
+            node = node.get(section) if isinstance(node, dict) else None
+        # A misspelt knob would otherwise train the unchanged model under the variant's name.
+        if not isinstance(node, dict) or knob not in node:
+            raise SystemExit(f"variant {name}: {key} is not a key of {here / 'params.yaml'}")
         node[knob] = value
     out.mkdir(parents=True, exist_ok=True)
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
