@@ -21,7 +21,7 @@ from pipeline.data.contract import DayPaths, impression_parts
 from pipeline.model import dataset
 from pipeline.model.features import holdout_mask
 from pipeline.runplan import EXIT_DATA_REJECTED
-from pipeline.stages.train import recency_weights, window_decay, window_weights
+from pipeline.stages.train import recency_weights, split_training_slice, window_decay, window_weights
 
 REJECTED, THIRD = "2026-11-02", "2026-11-03"
 
@@ -105,6 +105,27 @@ def test_requests_sharing_the_cut_time_are_held_out_together():
     assert frame["ts"][held].min() > frame["ts"][~held].max()
 
 
+def test_the_held_back_slices_are_the_newest_days_last_requests_and_older_days_are_fitted_whole():
+    # Two older days of 30 requests and the newest of 20, two rows each, in time order.
+    starts = pd.date_range("2026-11-01", periods=80, freq="30min", tz="UTC")
+    frame = pd.DataFrame({"request_id": np.repeat([f"r{i}" for i in range(80)], 2), "ts": np.repeat(starts, 2),
+                          "day": np.repeat(["2026-11-01"] * 30 + ["2026-11-02"] * 30 + ["2026-11-03"] * 20, 2)})
+    cfg = {"calibration_fraction": 0.1, "validation_fraction": 0.1}
+    newest = (frame["day"] == "2026-11-03").to_numpy()
+    fit, validation, calibration = split_training_slice(frame, cfg, newest)
+    requests = frame["request_id"].str[1:].astype(int)
+    # Brute force: of the newest day's 20 requests the last 2 calibrate, the 2 before them (10 % of the
+    # 18 left) validate; every row of the older days is fitted.
+    assert sorted(set(requests[calibration])) == [78, 79] and sorted(set(requests[validation])) == [76, 77]
+    assert fit.sum() == len(frame) - 8 and fit[~newest].all()
+    assert frame["ts"][fit].max() < frame["ts"][validation].min() <= frame["ts"][validation].max() < frame["ts"][
+        calibration].min()
+    # Without `newest` the slices are the whole frame's last requests: one day's training slice as before.
+    fit, validation, calibration = split_training_slice(frame, cfg)
+    assert sorted(set(requests[calibration])) == list(range(72, 80))
+    assert sorted(set(requests[validation])) == list(range(65, 72)) and not fit[frame.index >= 130].any()
+
+
 def test_a_window_of_one_day_is_that_day_as_load_day_builds_it(completed_run):
     params = yaml.safe_load((completed_run / "params.yaml").read_text())
     args = (completed_run / "data/raw", DAY, completed_run / "work/pretrain/embeddings", params)
@@ -150,6 +171,11 @@ def test_a_rejected_day_is_left_out_of_the_window_and_listed(windowed):
     assert metrics["window"]["rows_by_day"][DAY] == len(read_day(workspace, DAY))
     assert metrics["train_rows"] + metrics["validation_rows"] + metrics["calibration_rows"] == sum(
         metrics["window"]["rows_by_day"].values())
+    # The older day is fitted whole; the held-back slices come out of the newest day, which is fitted too.
+    fitted = metrics["window"]["fit_rows_by_day"]
+    assert fitted[DAY] == metrics["window"]["rows_by_day"][DAY] and 0 < fitted[THIRD] < len(read_day(workspace, THIRD))
+    assert metrics["window"]["rows_by_day"][THIRD] - fitted[THIRD] == metrics["validation_rows"] + metrics[
+        "calibration_rows"]
 
 
 def test_every_evaluated_row_is_later_than_every_trained_row(windowed):

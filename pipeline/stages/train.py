@@ -2,9 +2,10 @@
 
 The window (run/train_window.json, pipeline/data/window.py) is the day and the earlier days that passed
 validation; the fitted rows are every row of the earlier days and the day's rows before its held-out
-last requests, which evaluate scores: every evaluated row is later than every fitted row. The training
-slice's last requests are held back in two parts: the very last calibrate the click
-probabilities after weighted training, the ones before them stop training early. With --checkpoints
+last requests, which evaluate scores: every evaluated row is later than every fitted row. The day's
+last training requests are held back in two parts (the older window days are fitted whole): the very
+last calibrate the click probabilities after weighted training, the ones before them stop training
+early. With --checkpoints
 a run leaves resumable checkpoints there, and a killed run started again resumes from the newest
 one whose inputs match, ending with the same weights and step curve. With compute.train_processes N > 1 the
 command relaunches itself under torchrun (pipeline/model/launch.py): N ranks train with DistributedDataParallel
@@ -142,15 +143,21 @@ def fingerprint(day: str, params: dict, x, weights, world_size: int = 1) -> str:
     return digest.hexdigest()
 
 
-def split_training_slice(in_train, cfg: dict):
-    """Masks over the training slice: (fit, validation, calibration), by time, latest last."""
+def split_training_slice(in_train, cfg: dict, newest: np.ndarray | None = None):
+    """Masks over the training slice: (fit, validation, calibration). Both held-back slices are cut from
+    the rows of the newest day (`newest`, default every row) by time, calibration last: fractions of a
+    whole window would hold back all of the newest day, the one that weighs most, and fit older days only."""
     from pipeline.model.features import holdout_mask
 
-    calibration = holdout_mask(in_train, cfg["calibration_fraction"])
+    at = np.arange(len(in_train)) if newest is None else np.flatnonzero(newest)
+    part = in_train.iloc[at]
+    calibration = np.zeros(len(in_train), dtype=bool)
     validation = np.zeros(len(in_train), dtype=bool)
+    held = holdout_mask(part, cfg["calibration_fraction"])
+    calibration[at[held]] = True
     if cfg.get("validation_fraction", 0):
-        rest = np.flatnonzero(~calibration)
-        validation[rest[holdout_mask(in_train.iloc[rest], cfg["validation_fraction"])]] = True
+        rest = np.flatnonzero(~held)
+        validation[at[rest[holdout_mask(part.iloc[rest], cfg["validation_fraction"])]]] = True
     return ~(calibration | validation), validation, calibration
 
 
@@ -225,7 +232,8 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
     data = load_window(data_dir, days, embeddings_dir, params)
     trained, straddling = fitted_rows(data)
     in_train = data.impressions.iloc[trained].reset_index(drop=True)
-    fit_mask, validation_mask, calibration_mask = split_training_slice(in_train, cfg)
+    fit_mask, validation_mask, calibration_mask = split_training_slice(in_train, cfg,
+                                                                       (in_train["day"] == day).to_numpy())
     rows = trained[fit_mask]
     validation_rows, calibration_rows = trained[validation_mask], trained[calibration_mask]
     # Older days count less: the newest traffic is what the model will serve next.
@@ -283,8 +291,10 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
     seconds = time.perf_counter() - started
     ts = pd.to_datetime(data.impressions["ts"], utc=True)
     per_day = data.impressions["day"].iloc[trained].value_counts()
+    fit_per_day = data.impressions["day"].iloc[rows].value_counts()
     metrics = {"window": {"days": window_days, "fitted_days": days, "left_out": window.get("left_out", []),
                           "rows_by_day": {d: int(per_day.get(d, 0)) for d in days},
+                          "fit_rows_by_day": {d: int(fit_per_day.get(d, 0)) for d in days},
                           "recency_weight_by_day": {d: round(recency[d], 6) for d in days},
                           "trained_until": iso(ts.iloc[trained].max()),
                           "evaluated_from": iso(ts[data.holdout].min()) if data.holdout.any() else None,
