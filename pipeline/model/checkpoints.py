@@ -31,6 +31,7 @@ class LoopState:
     best_epoch: int | None = None
     bad_epochs: int = 0
     best_state: dict | None = None
+    average: dict | None = None   # the moving average of the weights (train.average_epochs)
 
 
 class Checkpoints:
@@ -48,6 +49,8 @@ class Checkpoints:
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         if state.best_state is not None:
             tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in state.best_state.items()})
+        if state.average is not None:
+            tensors.update({f"average.{k}": v.detach().cpu().contiguous() for k, v in state.average.items()})
         optim = optimizer.state_dict()
         for slot, values in optim["state"].items():
             for name, value in values.items():
@@ -96,6 +99,8 @@ def restore(saved: tuple[dict, dict], model, optimizer, generator: torch.Generat
     meta, tensors = saved
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    device = next(iter(model.state_dict().values())).device
+    average = {k[len("average."):]: v.to(device) for k, v in tensors.items() if k.startswith("average.")}
     slots: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -114,4 +119,4 @@ def restore(saved: tuple[dict, dict], model, optimizer, generator: torch.Generat
                       order=tensors.get("order"), total=sums["total"], seen=sums["seen"],
                       history=list(meta["history"]), validation_history=list(meta["validation_history"]),
                       best_loss=meta["best_loss"], best_epoch=meta["best_epoch"], bad_epochs=meta["bad_epochs"],
-                      best_state=best or None)
+                      best_state=best or None, average=average or None)

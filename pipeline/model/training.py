@@ -149,12 +149,40 @@ def _loader(x: Features, batches: list[torch.Tensor], knobs: LoopKnobs, device: 
     return zip(batches, loader)
 
 
+def average_epochs(cfg: dict) -> float:
+    """train.average_epochs, checked (the train stage's knob: the importance estimators' fits keep the
+    last step's weights)."""
+    value = cfg.get("average_epochs", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"train.average_epochs must be a number of epochs, 0 or more, got {value!r}")
+    return float(value)
+
+
+def average_decay(knobs: LoopKnobs, epochs: float, rows: int, world: World) -> float:
+    """The per-step decay of the weights' moving average: its horizon is `epochs` epochs of steps."""
+    batches = -(-rows // (knobs.batch_size * world.size))
+    steps = max(1, -(-batches // knobs.accumulation_steps))
+    return 1.0 - 1.0 / max(1.0, epochs * steps)
+
+
+def update_average(average: dict, model: torch.nn.Module, decay: float, step: int) -> None:
+    """average <- d * average + (1 - d) * weights, with d ramped up over the first steps, as
+    (1 + step) / (10 + step), so the initial weights fade quickly."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if key in average:
+                average[key].mul_(d).add_(value.detach(), alpha=1 - d)
+
+
 def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: dict, seed: int, device: str,
         epochs: int, *, loss_fn, validation: tuple[Features, np.ndarray | None] | None = None,
         checkpoint_dir: str | Path | None = None, fingerprint: str = "", progress=None,
-        step_log: StepLog | None = None) -> FitResult:
+        step_log: StepLog | None = None, average_epochs: float = 0.0) -> FitResult:
     """Train `model` in place (it ends in eval mode with the best validation epoch's weights when there
-    is a validation slice). `loss_fn(model, batch)` gives per-row losses. `step_log`, when given, gets
+    is a validation slice). With `average_epochs` > 0 the weights validated and kept are an exponential
+    moving average of every step's weights over about that many epochs: the last step's weights move
+    with the last batches drawn, their average much less. `loss_fn(model, batch)` gives per-row losses. `step_log`, when given, gets
     every optimizer step's loss and learning rate (on every rank alike: the loss is the global batch's)."""
     knobs = LoopKnobs.from_params(cfg)
     world, device = start_distributed(device)
@@ -182,6 +210,9 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
         state = restore(resumed, model, optimizer, generator, world)
         if step_log is not None:
             step_log.resume(store, state.step)
+    decay = average_decay(knobs, average_epochs, len(x), world) if average_epochs else None
+    if decay is not None and state.average is None:  # the float weights (integer buffers are not averaged)
+        state.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
     result = FitResult(history=state.history, validation_history=state.validation_history,
                        resumed_from_step=state.step if resumed is not None else None)
     if progress is not None and state.step:
@@ -198,6 +229,8 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
             if len(group) < knobs.accumulation_steps and state.next_batch * knobs.batch_size * world.size < len(x):
                 continue
             step_loss = _step(trained, on_device, w, group, knobs, device, world, optimizer, loss_fn, state)
+            if decay is not None:
+                update_average(state.average, model, decay, state.step)
             if step_log is not None:
                 step_log.record(state.step, all_ranks_mean(*step_loss, world, device),
                                 float(optimizer.param_groups[0]["lr"]))
@@ -212,6 +245,7 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
         state.epoch += 1
         state.order, state.next_batch = None, 0
         if validation is not None:
+            live = _swap_in(model, state.average)
             loss = leaders(weighted_loss(model, validation[0], validation[1], device, loss_fn), world, device)
             state.validation_history.append(loss)
             model.train()
@@ -221,6 +255,8 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
             else:
                 state.bad_epochs += 1
                 result.stopped_early = bool(knobs.patience) and state.bad_epochs >= knobs.patience
+            if live is not None:
+                model.load_state_dict(live)
         if knobs.max_steps is not None and state.step >= knobs.max_steps:
             break
         if store is not None and knobs.checkpoint_every_steps:
@@ -228,9 +264,20 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
             _checkpoint(store, state, model, optimizer, generator, world, step_log)
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
+    elif state.average is not None:
+        _swap_in(model, state.average)
     result.steps, result.best_epoch = state.step, state.best_epoch
     model.eval()
     return result
+
+
+def _swap_in(model: torch.nn.Module, average: dict | None) -> dict | None:
+    """Loads the averaged weights into `model`; returns the weights they replaced (None: no average)."""
+    if average is None:
+        return None
+    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(average, strict=False)
+    return live
 
 
 def _checkpoint(store: Checkpoints, state: LoopState, model, optimizer, generator: torch.Generator, world: World,

@@ -221,6 +221,7 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
     from pipeline.model.metrics import ece
 
     cfg = params["train"]
+    averaging = training.average_epochs(cfg)  # a nonsense knob fails before the window is read
     seed = stage_seed(params, "train")
     if launch.launched():
         launch.exit_on_sigterm()
@@ -277,7 +278,7 @@ def run(data_dir, day: str, embeddings_dir, weights_source, out_dir, params: dic
         result = training.fit(model, train_x, weights, cfg, seed, device, cfg["epochs"],
                               loss_fn=ranker.per_sample_loss, validation=validation, checkpoint_dir=checkpoints,
                               fingerprint=fingerprint(day, params, train_x, weights, world), progress=bar,
-                              step_log=step_log)
+                              step_log=step_log, average_epochs=averaging)
     # Waits for every rank: a rank that failed in training stops the command before anything is written.
     distributed.stop_distributed()
     if not leader:
