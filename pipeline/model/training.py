@@ -182,8 +182,9 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
     """Train `model` in place (it ends in eval mode with the best validation epoch's weights when there
     is a validation slice). With `average_epochs` > 0 the weights validated and kept are an exponential
     moving average of every step's weights over about that many epochs: the last step's weights move
-    with the last batches drawn, their average much less. `loss_fn(model, batch)` gives per-row losses. `step_log`, when given, gets
-    every optimizer step's loss and learning rate (on every rank alike: the loss is the global batch's)."""
+    with the last batches drawn, their average much less. `loss_fn(model, batch)` gives per-row losses.
+    `step_log`, when given, gets every optimizer step's loss and learning rate (on every rank alike: the
+    loss is the global batch's)."""
     knobs = LoopKnobs.from_params(cfg)
     world, device = start_distributed(device)
     generator = torch.Generator().manual_seed(seed)

@@ -5,11 +5,11 @@ validation; the fitted rows are every row of the earlier days and the day's rows
 last requests, which evaluate scores: every evaluated row is later than every fitted row. The day's
 last training requests are held back in two parts (the older window days are fitted whole): the very
 last calibrate the click probabilities after weighted training, the ones before them stop training
-early. With --checkpoints
-a run leaves resumable checkpoints there, and a killed run started again resumes from the newest
-one whose inputs match, ending with the same weights and step curve. With compute.train_processes N > 1 the
-command relaunches itself under torchrun (pipeline/model/launch.py): N ranks train with DistributedDataParallel
-and rank 0 alone writes the outputs (the curves too), once every rank has finished training.
+early. With --checkpoints a run leaves resumable checkpoints there, and a killed run started again
+resumes from the newest one whose inputs match, ending with the same weights and step curve. With
+compute.train_processes N > 1 the command relaunches itself under torchrun (pipeline/model/launch.py): N
+ranks train with DistributedDataParallel and rank 0 alone writes the outputs (the curves too), once every
+rank has finished training.
 
 Curves for `dvc plots`: loss.csv (per epoch: weighted training and validation loss) and
 live/plots/metrics/{loss,learning_rate}.tsv (per optimizer step).
