@@ -167,12 +167,13 @@ def average_decay(knobs: LoopKnobs, epochs: float, rows: int, world: World) -> f
 
 def update_average(average: dict, model: torch.nn.Module, decay: float, step: int) -> None:
     """average <- d * average + (1 - d) * weights, with d ramped up over the first steps, as
-    (1 + step) / (10 + step), so the initial weights fade quickly."""
+    (1 + step) / (10 + step), so the initial weights fade quickly. As a lerp, so weights that do not
+    move leave the average exactly where it is."""
     d = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
         for key, value in model.state_dict().items():
             if key in average:
-                average[key].mul_(d).add_(value.detach(), alpha=1 - d)
+                average[key].lerp_(value.detach(), 1 - d)
 
 
 def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: dict, seed: int, device: str,
