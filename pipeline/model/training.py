@@ -266,8 +266,8 @@ def fit(model: torch.nn.Module, x: Features, weights: np.ndarray | None, cfg: di
             _checkpoint(store, state, model, optimizer, generator, world, step_log)
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
-    elif state.average is not None:
-        _swap_in(model, state.average)
+    elif state.average is not None:  # no validation: the average as it ends, nothing to swap back
+        model.load_state_dict(state.average, strict=False)
     result.steps, result.best_epoch = state.step, state.best_epoch
     model.eval()
     return result
